@@ -1,0 +1,215 @@
+"""get_embedding / embed_file / embed_files: audio in, embeddings out; batching lives here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+import torch
+
+from .audio_io import BLOCK_SECONDS, audio_info, iter_blocks, load_audio
+from .config import FrontendConfig
+from .errors import DeviceError
+from .frontend import Patches, StreamingPatches, patches_from_audio, prepare, resample
+from .model import CoalaModel
+
+DEFAULT_BATCH_SIZE = 64
+
+
+@dataclass
+class Embedding:
+    """Embeddings of one clip.
+
+    Attributes:
+        clip: ``[D]`` float32, the mean of the patch embeddings.
+        frames: ``[T, D]`` float32, one row per 96-frame patch (2.234 s).
+        starts, ends: ``[T]`` start and end of each patch in seconds.
+        duration: the clip's duration in seconds.
+    """
+
+    clip: np.ndarray
+    frames: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    duration: float
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU; asking for a missing GPU raises DeviceError."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} asked for CUDA, but this machine has no usable GPU; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) here")
+    elif dev.type != "cpu":
+        raise DeviceError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return dev
+
+
+def _model(model: CoalaModel | None, device: str | torch.device | None) -> CoalaModel:
+    from .hub import load_model
+
+    if model is None:
+        return load_model(device=device)
+    if device is not None:
+        model = model.to(resolve_device(device))
+    return model
+
+
+@torch.inference_mode()
+def embed_patches(model: CoalaModel, patches: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """Embeddings ``[N, D]`` float32 of unscaled log-mel patches ``[N, 96, 96]``, ``batch_size`` at a time."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = model.device
+    out = [model(patches[i : i + batch_size].to(dev)).float().cpu() for i in range(0, len(patches), batch_size)]
+    if not out:
+        return np.zeros((0, model.config.model.embedding_dim), np.float32)
+    return torch.cat(out).numpy()
+
+
+def _finish(p: Patches, frames: np.ndarray) -> Embedding:
+    return Embedding(frames.mean(axis=0), frames, p.starts, p.ends, p.duration)
+
+
+def get_embedding(
+    audio: np.ndarray | torch.Tensor,
+    sr: int,
+    *,
+    model: CoalaModel | None = None,
+    frames: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Embed an audio array.
+
+    Args:
+        audio: ``[n_samples]``, or 2-D multichannel (the shorter axis is channels; they are averaged);
+            numpy or torch, any sample rate (resampled to 22 kHz with soxr).
+        sr: sample rate of ``audio`` in Hz.
+        model: from :func:`coala_embed.load_model`; loading it once and passing it is much faster.
+            None loads the default checkpoint.
+        frames: return patch embeddings with their times instead of the clip vector.
+        batch_size: patches per forward pass.
+        device: ``None`` (CUDA when available), ``"cpu"``, ``"cuda[:N]"``.
+
+    Returns:
+        The clip embedding ``[1152]`` float32 (mean of the patch embeddings); with ``frames=True`` a tuple
+        ``(embeddings [T, 1152], times [T, 2])`` holding each patch's start and end in seconds. Audio
+        shorter than one patch (2.23 s) is zero-padded and dithered up to one patch (see README).
+
+    Raises:
+        AudioError: empty audio, NaN or Inf samples, a bad shape or sample rate.
+        DeviceError: ``device`` names a GPU that is not there.
+    """
+    model = _model(model, device)
+    p = prepare(audio, sr, model.config.frontend)
+    emb = _finish(p, embed_patches(model, p.patches, batch_size))
+    if frames:
+        return emb.frames, np.stack([emb.starts, emb.ends], axis=1)
+    return emb.clip
+
+
+STREAM_SECONDS = 120.0  # files longer than this are decoded and cut block by block
+
+
+def iter_file_patches(
+    path: str | os.PathLike, cfg: FrontendConfig, *, block_seconds: float = BLOCK_SECONDS
+) -> Iterator[Patches]:
+    """Decode, resample and cut a file into patches, yielding them block by block for long files so that
+    memory stays flat (the same patches as decoding the whole file; ``tests/test_frontend.py``).
+
+    Raises:
+        AudioError: the file is missing, not audio, unreadable, empty, or holds NaN/Inf.
+    """
+    sr, _, frames = audio_info(path)
+    if frames / sr <= max(STREAM_SECONDS, cfg.pad_seconds, 2 * cfg.patch_seconds):
+        audio, sr = load_audio(path)
+        yield patches_from_audio(resample(audio, sr, cfg.sample_rate), cfg)
+        return
+    stream = StreamingPatches(cfg)
+    resampler = (
+        soxr.ResampleStream(sr, cfg.sample_rate, 1, dtype="float32", quality="HQ") if sr != cfg.sample_rate else None
+    )
+    blocks = iter_blocks(path, block_seconds)
+    block = next(blocks, None)
+    while block is not None:
+        nxt = next(blocks, None)
+        x = block[0] if resampler is None else resampler.resample_chunk(block[0], last=nxt is None)
+        yield stream.push(x, last=nxt is None)
+        block = nxt
+
+
+def file_patches(path: str | os.PathLike, cfg: FrontendConfig) -> Patches:
+    """All patches of a file at once (errors name the file)."""
+    parts = list(iter_file_patches(path, cfg))
+    return Patches(torch.cat([p.patches for p in parts]), np.concatenate([p.starts for p in parts]),
+                   np.concatenate([p.ends for p in parts]), parts[-1].duration)  # fmt: skip
+
+
+def embed_file(
+    path: str | os.PathLike,
+    *,
+    model: CoalaModel | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device | None = None,
+) -> Embedding:
+    """Embed one audio file; returns clip and frame embeddings with times.
+
+    Raises:
+        AudioError: the file is missing, not audio, unreadable, empty, or holds NaN/Inf.
+    """
+    model = _model(model, device)
+    p = file_patches(path, model.config.frontend)
+    return _finish(p, embed_patches(model, p.patches, batch_size))
+
+
+def embed_files(
+    paths: Iterable[str | os.PathLike],
+    *,
+    model: CoalaModel | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: str | torch.device | None = None,
+) -> Iterator[tuple[str, Embedding | Exception]]:
+    """Embed many files, filling each forward pass with patches from several files.
+
+    Yields ``(path, Embedding)`` in input order, or ``(path, AudioError)`` for a file that failed; one bad
+    file never stops the others.
+    """
+    from .errors import CoalaEmbedError
+
+    model = _model(model, device)
+    pending: list[tuple[str, Patches | Exception]] = []
+    n_patches = 0
+
+    def flush() -> Iterator[tuple[str, Embedding | Exception]]:
+        good = [p for _, p in pending if isinstance(p, Patches)]
+        emb = embed_patches(model, torch.cat([p.patches for p in good]), batch_size) if good else None
+        at = 0
+        for path, p in pending:
+            if isinstance(p, Patches):
+                yield path, _finish(p, emb[at : at + len(p.patches)])
+                at += len(p.patches)
+            else:
+                yield path, p
+
+    for path in paths:
+        try:
+            p: Patches | Exception = file_patches(path, model.config.frontend)
+            n_patches += len(p.patches)
+        except CoalaEmbedError as e:
+            p = e
+        pending.append((str(path), p))
+        if n_patches >= batch_size:
+            yield from flush()
+            pending, n_patches = [], 0
+    yield from flush()

@@ -1,0 +1,119 @@
+"""The only module that touches audio files: decode with soundfile, and find audio in folders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .errors import AudioError
+
+# What libsndfile decodes (MP3 since libsndfile 1.1, Opus inside OGG since 1.0.29).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
+BLOCK_SECONDS = 60.0
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
+    """Return ``(sample_rate, channels, frames)`` of a file without decoding it.
+
+    Raises:
+        AudioError: the file cannot be opened as audio, or has no channels.
+    """
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+        raise AudioError(f"{path}: not readable as audio ({_reason(e)})") from e
+    if info.channels < 1 or info.samplerate <= 0:
+        raise AudioError(f"{path}: has {info.channels} channels at {info.samplerate} Hz")
+    return info.samplerate, info.channels, info.frames
+
+
+def _reason(e: BaseException) -> str:
+    return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+
+
+def load_audio(
+    path: str | os.PathLike, *, max_seconds: float | None = None, start_seconds: float = 0.0
+) -> tuple[np.ndarray, int]:
+    """Decode a file to float32 mono ``[n_samples]`` at its own sample rate (channels averaged).
+
+    Args:
+        path: any file libsndfile reads.
+        max_seconds: decode at most this much (None: all of it).
+        start_seconds: where to start.
+
+    Raises:
+        AudioError: unreadable, not audio, truncated beyond repair, empty, or holding NaN/Inf.
+    """
+    sr, channels, _ = audio_info(path)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            if start_seconds:
+                f.seek(int(start_seconds * sr))
+            n = -1 if max_seconds is None else int(max_seconds * sr)
+            data = f.read(n, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise AudioError(f"{path}: decoding failed ({_reason(e)})") from e
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: holds no samples")
+    mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
+    if not np.isfinite(mono).all():
+        raise AudioError(f"{path}: holds NaN or Inf samples")
+    return np.ascontiguousarray(mono), sr
+
+
+def iter_blocks(path: str | os.PathLike, block_seconds: float = BLOCK_SECONDS) -> Iterator[tuple[np.ndarray, int]]:
+    """Decode a file block by block as float32 mono, so that long files never sit whole in memory."""
+    sr, channels, _ = audio_info(path)
+    block = max(1, int(block_seconds * sr))
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                data = f.read(block, dtype="float32", always_2d=True)
+                if data.shape[0] == 0:
+                    break
+                mono = data.mean(axis=1, dtype=np.float32) if channels > 1 else data[:, 0]
+                if not np.isfinite(mono).all():
+                    raise AudioError(f"{path}: holds NaN or Inf samples")
+                yield np.ascontiguousarray(mono), sr
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise AudioError(f"{path}: decoding failed ({_reason(e)})") from e
+
+
+def find_audio(
+    inputs: Iterable[str | os.PathLike], extensions: Iterable[str] = AUDIO_EXTENSIONS, recursive: bool = True
+) -> list[Path]:
+    """Files named in ``inputs`` plus the audio files inside the folders named there.
+
+    Folders are searched recursively (symlinked folders are followed once: a link back into a folder already
+    seen is skipped), files are kept whatever their extension, the result is sorted and has no duplicates.
+
+    Raises:
+        AudioError: an input does not exist.
+    """
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    found: dict[Path, None] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            seen: set[Path] = set()
+            for root, dirs, files in os.walk(p, followlinks=True):
+                real = Path(root).resolve()
+                if real in seen:
+                    dirs[:] = []
+                    continue
+                seen.add(real)
+                dirs.sort()
+                if not recursive:
+                    dirs[:] = []
+                for name in files:
+                    if name.lower().endswith(exts):
+                        found.setdefault(Path(root) / name)
+        elif p.exists():
+            found.setdefault(p)
+        else:
+            raise AudioError(f"{p}: no such file or folder")
+    return sorted(found)

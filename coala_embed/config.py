@@ -1,0 +1,122 @@
+"""Frozen settings of the front-end and the model; read from and written to ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CheckpointError
+
+# The original's constants (SPEC.md section 1). One place, so that training and inference cannot drift.
+SAMPLE_RATE = 22_000  # Hz; not 22 050
+N_FFT = 1024
+HOP_LENGTH = 512
+N_MELS = 96
+PATCH_FRAMES = 96  # one patch = 96 frames = 2.234 s
+LOG_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07, added before the natural log
+PAD_SECONDS = 10.0
+PAD_NOISE = 5e-4  # amplitude of the U[0, 1) dither of the original `pad`
+
+POOLING_MODES = ("signal", "original")
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Waveform -> log-mel patch settings (SPEC.md section 1).
+
+    ``pooling`` chooses how a clip is cut into patches:
+    ``"original"`` pads clips of up to ``pad_seconds`` to that length with dither noise and keeps every
+    whole 96-frame chunk (noise-only chunks included), exactly as the paper's ``encode.py``;
+    ``"signal"`` pads only up to the next whole patch, so every chunk holds signal.
+    ``chunk_hop`` is the hop between patches in frames (96 = the original's non-overlapping chunks).
+    """
+
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = N_FFT
+    hop_length: int = HOP_LENGTH
+    n_mels: int = N_MELS
+    fmin: float = 0.0
+    fmax: float = SAMPLE_RATE / 2
+    log_eps: float = LOG_EPS
+    patch_frames: int = PATCH_FRAMES
+    chunk_hop: int = PATCH_FRAMES
+    pad_seconds: float = PAD_SECONDS
+    pad_noise: float = PAD_NOISE
+    noise_seed: int = 0
+    pooling: str = "signal"
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise CheckpointError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if not 0 < self.chunk_hop <= self.patch_frames:
+            raise CheckpointError(f"chunk_hop must be in 1..{self.patch_frames}, got {self.chunk_hop}")
+
+    @property
+    def patch_seconds(self) -> float:
+        """Duration covered by one patch's frame centres, in seconds (2.234 s)."""
+        return self.patch_frames * self.hop_length / self.sample_rate
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Audio encoder dimensions (SPEC.md section 3.1)."""
+
+    channels: int = 128
+    n_blocks: int = 5
+    embedding_dim: int = 1152
+    dropout: float = 0.25
+    n_tags: int = 0  # size of the tag vocabulary shipped with the checkpoint (0: none)
+
+
+@dataclass(frozen=True)
+class CoalaConfig:
+    """Everything ``config.json`` holds: front-end, model and provenance."""
+
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tags: tuple[str, ...] = ()
+    trained: bool = False  # False for random weights: load_model() refuses them as a default
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tags"] = list(self.tags)
+        d["model_type"] = "coala"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CoalaConfig:
+        try:
+            frontend = FrontendConfig(**d.get("frontend", {}))
+            model = ModelConfig(**d.get("model", {}))
+        except TypeError as e:
+            raise CheckpointError(f"config.json has an unknown setting: {e}") from e
+        return cls(
+            frontend=frontend,
+            model=model,
+            tags=tuple(d.get("tags", ())),
+            trained=bool(d.get("trained", False)),
+            info=dict(d.get("info", {})),
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> CoalaConfig:
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"cannot read {path}: {e}") from e
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{path} does not hold a JSON object")
+        return cls.from_dict(d)
+
+    def replace(self, **frontend_changes: Any) -> CoalaConfig:
+        """A copy with some front-end settings changed, e.g. ``cfg.replace(pooling="original")``."""
+        return dataclasses.replace(self, frontend=dataclasses.replace(self.frontend, **frontend_changes))

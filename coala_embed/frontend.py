@@ -1,0 +1,273 @@
+"""Waveform -> log-mel patches: mono, resample, pad, STFT, Slaney mel, log, chunking (SPEC.md section 1)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+import torch
+
+from .config import FrontendConfig
+from .errors import AudioError
+
+
+@dataclass
+class Patches:
+    """Log-mel patches of one clip, before the scaler.
+
+    Attributes:
+        patches: ``[N, n_mels, patch_frames]`` float32, axes (chunk, mel, time).
+        starts: ``[N]`` start time of each patch in seconds.
+        ends: ``[N]`` end time of each patch in seconds.
+        duration: the clip's duration in seconds (before padding).
+    """
+
+    patches: torch.Tensor
+    starts: np.ndarray
+    ends: np.ndarray
+    duration: float
+
+
+def to_mono(audio: np.ndarray | torch.Tensor, name: str = "audio") -> np.ndarray:
+    """Return a float32 mono copy of ``audio`` after checking it.
+
+    Args:
+        audio: ``[n_samples]`` or ``[channels, n_samples]`` / ``[n_samples, channels]``. For 2-D input the
+            shorter axis is taken as the channel axis (a clip has more samples than channels); a square
+            array is read as ``[channels, n_samples]``. Channels are averaged.
+        name: how error messages name the input.
+
+    Raises:
+        AudioError: not 1-D or 2-D, empty, zero channels, or holding NaN or Inf.
+    """
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().to("cpu", torch.float32).numpy()
+    audio = np.asarray(audio)
+    if audio.dtype.kind not in "fiu":
+        raise AudioError(f"{name}: audio must be numeric, got dtype {audio.dtype}")
+    if audio.ndim == 2:
+        if 0 in audio.shape:
+            raise AudioError(f"{name}: audio is empty (shape {audio.shape}, zero channels or samples)")
+        channel_axis = 0 if audio.shape[0] <= audio.shape[1] else 1
+        audio = audio.astype(np.float32).mean(axis=channel_axis)
+    elif audio.ndim != 1:
+        raise AudioError(f"{name}: audio must be 1-D or 2-D [channels, samples], got shape {audio.shape}")
+    if audio.size == 0:
+        raise AudioError(f"{name}: audio is empty (0 samples)")
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    if not np.isfinite(audio).all():
+        raise AudioError(f"{name}: audio holds NaN or Inf samples")
+    return audio
+
+
+def check_sample_rate(sr: float, name: str = "audio") -> int:
+    """Return ``sr`` as an int, or raise AudioError when it is not a positive number."""
+    try:
+        ok = sr > 0 and math.isfinite(sr) and int(sr) == sr
+    except TypeError:
+        ok = False
+    if not ok:
+        raise AudioError(f"{name}: sample rate must be a positive integer, got {sr!r}")
+    return int(sr)
+
+
+def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
+    """Resample mono float32 audio with soxr (high quality); a no-op when the rates match."""
+    if sr == target_sr:
+        return audio
+    return soxr.resample(audio, sr, target_sr, quality="HQ").astype(np.float32, copy=False)
+
+
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    # Slaney's Auditory Toolbox scale: linear below 1 kHz, logarithmic above (librosa htk=False).
+    f = np.asarray(f, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Slaney mel filterbank ``[n_mels, 1 + n_fft // 2]`` float64, computed once per setting.
+
+    Equals ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=False,
+    norm='slaney')`` (librosa 0.7.2's ``norm=1``); ``tests/test_frontend.py`` checks it against librosa.
+    """
+    fft_freqs = np.linspace(0.0, sr / 2, 1 + n_fft // 2)
+    mel_f = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]  # Slaney area normalisation
+    return weights
+
+
+@functools.lru_cache(maxsize=8)
+def _torch_constants(n_fft: int, fb_key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    fb = torch.from_numpy(mel_filterbank(*fb_key))
+    return window, fb
+
+
+def log_mel(audio: np.ndarray | torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:
+    """Log-mel spectrogram ``[n_mels, T]`` float32 of mono audio at ``cfg.sample_rate``.
+
+    Centred STFT with reflect padding and a periodic Hann window, magnitude (power 1), Slaney mel, natural
+    log of ``mel + log_eps``; ``T = 1 + n_samples // hop_length``. The STFT and the mel product run in
+    float64: in float32 the bands far below a tone's peak drift by ~1e-4 relative from librosa's result.
+    """
+    x = torch.as_tensor(audio).to(torch.float64)
+    if x.shape[-1] <= cfg.n_fft // 2:
+        raise AudioError(f"log_mel needs more than {cfg.n_fft // 2} samples, got {x.shape[-1]}")
+    window, fb = _torch_constants(cfg.n_fft, (cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))
+    spec = torch.stft(
+        x, cfg.n_fft, cfg.hop_length, window=window, center=True, pad_mode="reflect", return_complex=True
+    ).abs()
+    return torch.log(fb @ spec + cfg.log_eps).to(torch.float32)
+
+
+def dither(n: int, cfg: FrontendConfig) -> np.ndarray:
+    """The original's pad noise, ``pad_noise * U[0, 1)``, from a generator seeded by ``cfg.noise_seed``."""
+    rng = np.random.default_rng(cfg.noise_seed)
+    return (cfg.pad_noise * rng.random(n, dtype=np.float64)).astype(np.float32)
+
+
+def chunk_starts(n_frames: int, cfg: FrontendConfig) -> np.ndarray:
+    """First frame of each patch for a signal of ``n_frames`` frames (after padding, see ``pad``)."""
+    p, hop = cfg.patch_frames, cfg.chunk_hop
+    if n_frames < p:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.arange(0, n_frames - p + 1, hop)
+    if cfg.pooling == "signal" and starts[-1] + p < n_frames:
+        # One last patch that ends on the last frame, so no signal at the end is dropped.
+        starts = np.append(starts, n_frames - p)
+    return starts
+
+
+def pad(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+    """Pad mono audio at the model rate as the pooling mode requires, and dither it.
+
+    ``original``: clips of up to ``pad_seconds`` are zero-padded to that length and the whole buffer gets
+    the dither (SPEC.md 1.2); longer clips are left as they are, with no noise. ``signal``: clips shorter
+    than one patch are zero-padded to one patch; every clip gets the dither over its whole length. The
+    dither is seeded, so the same clip always gives the same patches.
+    """
+    n = audio.shape[0]
+    if cfg.pooling == "original":
+        target = int(round(cfg.pad_seconds * cfg.sample_rate))
+        if n > target:
+            return audio
+    else:
+        target = max(n, (cfg.patch_frames - 1) * cfg.hop_length)
+    out = np.zeros(target, dtype=np.float32)
+    out[:n] = audio
+    out += dither(target, cfg)
+    return out
+
+
+def patches_from_audio(audio: np.ndarray, cfg: FrontendConfig) -> Patches:
+    """Cut mono audio at the model rate into unscaled log-mel patches (SPEC.md 1.6)."""
+    duration = audio.shape[0] / cfg.sample_rate
+    spec = log_mel(pad(audio, cfg), cfg)
+    starts = chunk_starts(spec.shape[1], cfg)
+    index = torch.as_tensor(starts)[:, None] + torch.arange(cfg.patch_frames)[None, :]
+    patches = spec[:, index].permute(1, 0, 2).contiguous()  # [N, mel, time]
+    sec = cfg.hop_length / cfg.sample_rate
+    return Patches(patches, starts * sec, (starts + cfg.patch_frames) * sec, duration)
+
+
+def prepare(audio: np.ndarray | torch.Tensor, sr: float, cfg: FrontendConfig, name: str = "audio") -> Patches:
+    """Check, down-mix, resample and cut any audio array into patches; errors name ``name``."""
+    sr = check_sample_rate(sr, name)
+    mono = resample(to_mono(audio, name), sr, cfg.sample_rate)
+    if mono.size == 0:
+        raise AudioError(f"{name}: audio is too short to resample ({audio.shape[-1]} samples at {sr} Hz)")
+    return patches_from_audio(mono, cfg)
+
+
+class StreamingPatches:
+    """Cut a long signal into the same patches as :func:`patches_from_audio`, block by block.
+
+    Feed mono blocks at the model rate with :meth:`push` (``last=True`` on the final one); each call returns
+    the patches completed so far. Memory stays bounded by a block plus one patch. Only for signals longer
+    than ``pad_seconds`` (and than one patch): shorter ones are padded as a whole by :func:`pad`.
+    The frames equal a centred STFT over the whole signal: the first and last ``n_fft // 2`` samples are
+    reflected as ``torch.stft(center=True, pad_mode='reflect')`` does, and the seeded dither (signal mode)
+    is drawn in sequence, which gives the same numbers as one draw over the whole length.
+    """
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        self.cfg = cfg
+        self.half = cfg.n_fft // 2
+        self.rng = np.random.default_rng(cfg.noise_seed) if cfg.pooling == "signal" else None
+        self.buf = np.zeros(0, dtype=np.float32)  # padded signal from sample `frame * hop` of the next frame on
+        self.frame = 0  # next frame to compute
+        self.spec = torch.zeros(cfg.n_mels, 0)  # spectrogram columns from frame `spec0` on
+        self.spec0 = 0
+        self.next_start = 0  # next patch start (frame)
+        self.last_start = -1
+        self.n = 0  # samples seen
+        self.tail = np.zeros(0, dtype=np.float32)  # last n_fft // 2 + 1 samples, for the final reflection
+
+    def _frames(self) -> None:
+        cfg, hop = self.cfg, self.cfg.hop_length
+        n_new = (len(self.buf) - cfg.n_fft) // hop + 1 if len(self.buf) >= cfg.n_fft else 0
+        if n_new <= 0:
+            return
+        seg = torch.from_numpy(self.buf[: (n_new - 1) * hop + cfg.n_fft]).double()
+        window, fb = _torch_constants(cfg.n_fft, (cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))
+        mag = torch.stft(seg, cfg.n_fft, hop, window=window, center=False, return_complex=True).abs()
+        cols = torch.log(fb @ mag + cfg.log_eps).float()
+        self.spec = torch.cat([self.spec, cols], dim=1)
+        self.frame += n_new
+        self.buf = self.buf[n_new * hop :]
+
+    def _emit(self, final: bool) -> Patches:
+        cfg, p = self.cfg, self.cfg.patch_frames
+        starts = []
+        while self.next_start + p <= self.frame:
+            starts.append(self.next_start)
+            self.next_start += cfg.chunk_hop
+        if final and cfg.pooling == "signal" and self.frame >= p:
+            previous = starts[-1] if starts else self.last_start
+            if previous + p < self.frame:  # as chunk_starts: one last patch ending on the last frame
+                starts.append(self.frame - p)
+        if starts:
+            self.last_start = starts[-1]
+        idx = torch.as_tensor(starts, dtype=torch.long)[:, None] - self.spec0 + torch.arange(p)[None, :]
+        patches = self.spec[:, idx].permute(1, 0, 2).contiguous() if starts else torch.zeros(0, cfg.n_mels, p)
+        keep_from = min(self.next_start, max(0, self.frame - p))  # keep one patch for the final one
+        if keep_from > self.spec0:
+            self.spec = self.spec[:, keep_from - self.spec0 :]
+            self.spec0 = keep_from
+        sec = cfg.hop_length / cfg.sample_rate
+        s = np.asarray(starts, dtype=np.float64)
+        return Patches(patches, s * sec, (s + p) * sec, self.n / cfg.sample_rate)
+
+    def push(self, block: np.ndarray, last: bool = False) -> Patches:
+        block = np.asarray(block, dtype=np.float32)
+        if self.rng is not None:
+            block = block + (self.cfg.pad_noise * self.rng.random(len(block))).astype(np.float32)
+        if self.n == 0:
+            if len(block) <= self.half:
+                raise AudioError("the first block must be longer than n_fft // 2 samples")
+            block = np.concatenate([block[1 : self.half + 1][::-1], block])
+        self.n += len(block) - (self.half if self.n == 0 else 0)
+        self.buf = np.concatenate([self.buf, block])
+        self.tail = self.buf[-(self.half + 1) :].copy()
+        if last:
+            self.buf = np.concatenate([self.buf, self.tail[:-1][::-1]])
+        self._frames()
+        return self._emit(final=last)

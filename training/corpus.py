@@ -1,0 +1,353 @@
+"""Build the tagged pretraining corpus from Debian packages: download, unpack, render notes, scan and tag,
+log-mels with the package's own front-end, split, scaler. Every stage resumes and skips what is done.
+
+    python -m training.corpus [--data DIR] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from coala_embed.audio_io import load_audio
+from coala_embed.config import FrontendConfig
+from coala_embed.errors import AudioError
+from coala_embed.frontend import log_mel, pad, resample
+
+from . import archives, notes
+from .patches import fit_scaler, max_energy_start, window_starts
+from .sources import (
+    ARCHIVE_EXTENSIONS,
+    AUDIO_EXTENSIONS,
+    EXCLUDED_PACKAGES,
+    METADATA_PACKAGES,
+    SOUNDFONTS,
+    SOURCES,
+)
+from .tags import build_vocabulary, multi_hot, normalize, path_tokens, tokenize
+
+log = logging.getLogger("training.corpus")
+MAX_SECONDS = 120.0  # longer files (music) are cut: enough patches, bounded memory
+MAX_DESC = 3000  # spoken stamp descriptions kept, so one voice does not dominate
+
+
+def data_dir(arg: str | None = None) -> Path:
+    """The data folder: ``--data``, else ``COALA_EMBED_DATA``, else ``~/.cache/coala-embed``."""
+    return Path(arg or os.environ.get("COALA_EMBED_DATA") or Path.home() / ".cache" / "coala-embed")
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+# ---------------------------------------------------------------------------------------------- fetch
+def download(packages: list[str], debs: Path) -> dict[str, str]:
+    """``apt-get download`` each package once; return package -> version."""
+    debs.mkdir(parents=True, exist_ok=True)
+    versions = {}
+    for pkg in packages:
+        if pkg in EXCLUDED_PACKAGES:
+            raise ValueError(f"{pkg} must never be part of the pretraining corpus")
+        found = sorted(debs.glob(f"{pkg}_*.deb"))
+        if not found:
+            log.info("downloading %s", pkg)
+            try:
+                run(["apt-get", "download", pkg], cwd=debs)
+            except subprocess.CalledProcessError as e:
+                log.warning("cannot download %s (%s); run `apt-get update` first", pkg, e.stderr.strip()[-200:])
+                continue
+            found = sorted(debs.glob(f"{pkg}_*.deb"))
+        versions[pkg] = run(["dpkg-deb", "-f", str(found[-1]), "Version"]).stdout.strip()
+    return versions
+
+
+def extract(pkg: str, debs: Path, root: Path) -> Path | None:
+    """``dpkg-deb -x`` into ``root/pkg`` (marked done by ``.done`` so that an interrupted unpack reruns)."""
+    out = root / pkg
+    if (out / ".done").exists():
+        if not (out / ".unpacked").exists():
+            archives.unpack_all(out, AUDIO_EXTENSIONS, ARCHIVE_EXTENSIONS)
+            (out / ".unpacked").touch()
+        return out
+    found = sorted(debs.glob(f"{pkg}_*.deb"))
+    if not found:
+        return None
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    run(["dpkg-deb", "-x", str(found[-1]), str(out)])
+    (out / ".done").touch()
+    archives.unpack_all(out, AUDIO_EXTENSIONS, ARCHIVE_EXTENSIONS)
+    (out / ".unpacked").touch()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- scan
+def _tuxpaint_text(audio: Path) -> str:
+    stem = re.sub(r"_desc$", "", audio.stem)
+    txt = audio.with_name(stem + ".txt")
+    if txt.exists():
+        first = txt.read_text(errors="replace").splitlines()
+        return first[0] if first else ""
+    return ""
+
+
+def _asterisk_transcripts(root: Path) -> dict[str, str]:
+    out = {}
+    for gz in root.rglob("core-sounds-en.txt.gz"):
+        for line in gzip.open(gz, "rt", errors="replace"):
+            name, sep, text = line.partition(":")
+            if sep and not line.startswith(";"):
+                out[name.strip()] = text.strip()
+    return out
+
+
+def scan(extracted: Path, packages: list[str]) -> list[dict]:
+    """Rows ``{path, source, raw_tags}`` for every audio file of the pretraining packages."""
+    transcripts: dict[str, str] = {}
+    for meta in METADATA_PACKAGES:
+        if (extracted / meta).exists():
+            transcripts.update(_asterisk_transcripts(extracted / meta))
+    rows = []
+    for pkg in packages:
+        root = extracted / pkg
+        if not root.exists():
+            continue
+        extra = list(SOURCES[pkg][1])
+        drop = tokenize(pkg)
+        descs = []
+        for f in sorted(root.rglob("*")):
+            if not f.is_file() or f.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            rel = str(f.relative_to(root))
+            if "/doc/" in rel:
+                continue
+            words: list[str] = []
+            if pkg == "tuxpaint-stamps-default":
+                if re.search(r"_desc_[a-z]{2,3}(_[A-Z]{2})?$", f.stem):
+                    continue  # translations: English only
+                words = tokenize(_tuxpaint_text(f))
+                if f.stem.endswith("_desc"):
+                    words += ["speech", "voice", "description"]
+                    descs.append({"path": str(f), "source": pkg, "raw_tags": path_tokens(rel, drop) + words + extra})
+                    continue
+            elif pkg.startswith("asterisk-core"):
+                words = tokenize(transcripts.get(f.stem, ""))
+            rows.append({"path": str(f), "source": pkg, "raw_tags": path_tokens(rel, drop) + words + extra})
+        if len(descs) > MAX_DESC:
+            keep = np.random.default_rng(0).choice(len(descs), MAX_DESC, replace=False)
+            descs = [descs[i] for i in sorted(keep)]
+        rows += descs
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- features
+def _features(args: tuple[str, FrontendConfig]) -> tuple[np.ndarray | None, dict]:
+    path, cfg = args
+    try:
+        audio, sr = load_audio(path, max_seconds=MAX_SECONDS)
+        duration = len(audio) / sr
+        if duration < 0.02:
+            raise AudioError(f"{path}: shorter than 20 ms")
+        audio = resample(audio, sr, cfg.sample_rate)
+        peak = float(np.abs(audio).max())
+        if peak < 1e-4:
+            raise AudioError(f"{path}: silent")
+        # The original recipe: clips of up to 10 s padded to 10 s with the dither (SPEC.md 1.2).
+        padded = pad(audio, cfg)
+        spec = log_mel(padded, cfg).numpy().astype(np.float16)
+        signal = 1 + len(audio) // cfg.hop_length
+        return spec, {"duration": duration, "sample_rate": sr, "frames": spec.shape[1], "signal_frames": signal}
+    except (AudioError, ValueError, RuntimeError) as e:
+        return None, {"error": str(e)}
+
+
+def compute_features(rows: list[dict], out: Path, workers: int = 2, shard: int = 400) -> None:
+    """Log-mel of every row, stored in shards of ``shard`` files (``features/NNNNN.npz``); resumes."""
+    from tqdm import tqdm
+
+    cfg = FrontendConfig(pooling="original")
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(0, len(rows), shard) if not _shard_path(out, rows, i, shard).exists()]
+    with ProcessPoolExecutor(workers) as pool, tqdm(total=len(rows), desc="log-mels", unit="file") as bar:
+        bar.update(len(rows) - sum(min(shard, len(rows) - i) for i in todo))
+        for i in todo:
+            chunk = rows[i : i + shard]
+            specs, metas = [], []
+            for spec, meta in pool.map(_features, [(r["path"], cfg) for r in chunk], chunksize=8):
+                specs.append(spec if spec is not None else np.zeros((cfg.n_mels, 0), np.float16))
+                metas.append(meta)
+                bar.update(1)
+            lengths = np.array([s.shape[1] for s in specs])
+            final = _shard_path(out, rows, i, shard)
+            tmp = final.with_suffix(".tmp.npz")
+            np.savez(tmp, logmel=np.concatenate(specs, axis=1), lengths=lengths, meta=json.dumps(metas))
+            tmp.replace(final)
+
+
+def _shard_path(out: Path, rows: list[dict], i: int, shard: int) -> Path:
+    """Shard files are named by a hash of their paths, so a changed file list never reuses stale features."""
+    digest = hashlib.sha1("\n".join(r["path"] for r in rows[i : i + shard]).encode()).hexdigest()[:12]
+    return out / f"{i // shard:05d}-{digest}.npz"
+
+
+def load_features(out: Path, rows: list[dict], shard: int = 400) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Concatenate the shards: per-row meta, ``logmel [n_mels, F] float16``, row offsets ``[n + 1]``."""
+    metas, specs, lengths = [], [], []
+    for i in range(0, len(rows), shard):
+        z = np.load(_shard_path(out, rows, i, shard))
+        metas += json.loads(str(z["meta"]))
+        specs.append(z["logmel"])
+        lengths.append(z["lengths"])
+    lengths = np.concatenate(lengths)
+    return metas, np.concatenate(specs, axis=1), np.concatenate([[0], np.cumsum(lengths)])
+
+
+# ---------------------------------------------------------------------------------------------- split
+def split(labels: np.ndarray, test_size: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Boolean mask of validation rows: multilabel-stratified 90/10 with a fixed seed, as the original."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+    msss = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    _, val = next(msss.split(np.zeros(len(labels)), labels))
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[val] = True
+    return mask
+
+
+def build(data: Path, smoke: bool = False, workers: int = 2) -> Path:
+    """Run every stage; return the corpus folder (``data/corpus`` or ``data/corpus-smoke``)."""
+    t0 = time.time()
+    debs, extracted = data / "debs", data / "extracted"
+    packages = list(SOURCES)
+    if smoke:  # small packages only: the whole chain in minutes
+        packages = ["sound-theme-freedesktop", "yaru-theme-sound", "oxygen-sounds", "deepin-sound-theme"]
+    versions = download(packages + list(METADATA_PACKAGES if not smoke else []), debs)
+    for pkg in versions:
+        extract(pkg, debs, extracted)
+    rows = scan(extracted, [p for p in packages if p in versions])
+    if not smoke:
+        sf_versions = download(list(SOUNDFONTS), debs)
+        versions.update(sf_versions)
+        for pkg, (_, sf2) in SOUNDFONTS.items():
+            if pkg in sf_versions and extract(pkg, debs, extracted):
+                rows += notes.render(extracted / pkg / sf2, data / "rendered" / pkg, pkg)
+    corpus = data / ("corpus-smoke" if smoke else "corpus")
+    corpus.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        r["tags"] = normalize(r["raw_tags"])
+    min_count = 2 if smoke else 10
+    vocab = build_vocabulary([r["tags"] for r in rows], min_count=min_count)
+    vset = set(vocab)
+    rows = [r for r in rows if any(t in vset for t in r["tags"])]
+    log.info("%d sounds with tags, vocabulary %d", len(rows), len(vocab))
+    compute_features(rows, corpus / "features", workers=workers)
+    metas, logmel, offsets = load_features(corpus / "features", rows)
+    ok = [i for i, m in enumerate(metas) if "error" not in m]
+    for i, m in enumerate(metas):
+        if "error" in m:
+            log.warning("skipped %s", m["error"])
+    rows = [dict(rows[i], **metas[i], offset=int(offsets[i])) for i in ok]
+    labels = multi_hot([r["tags"] for r in rows], vocab)
+    has_tag = labels.sum(axis=1) > 0
+    rows, labels = [r for r, h in zip(rows, has_tag) if h], labels[has_tag]
+    val = split(labels)
+    # Scaler on the training split's max-energy patches only (SPEC.md 1.5).
+    starts = [
+        r["offset"] + max_energy_start(logmel[:, r["offset"] : r["offset"] + r["frames"]].astype(np.float32))
+        for r in rows
+    ]
+    train_idx = np.flatnonzero(~val)
+
+    # Fitted over both training modes' patches (max-energy and multi-patch windows), so both lie in [0, 1].
+    def train_patches():
+        for i in train_idx:
+            r = rows[i]
+            for s in [starts[i] - r["offset"], *window_starts(r["frames"], r["signal_frames"])]:
+                yield logmel[:, r["offset"] + s : r["offset"] + s + 96].astype(np.float32)[None]
+
+    scaler_min, scaler_scale = fit_scaler(train_patches())
+    np.save(corpus / "logmel.npy", logmel)
+    np.savez(
+        corpus / "index.npz",
+        offset=np.array([r["offset"] for r in rows]),
+        frames=np.array([r["frames"] for r in rows]),
+        signal_frames=np.array([r["signal_frames"] for r in rows]),
+        max_energy_start=np.array(starts),
+        labels=labels,
+        val=val,
+        scaler_min=scaler_min,
+        scaler_scale=scaler_scale,
+    )
+    (corpus / "vocabulary.json").write_text(json.dumps(vocab, indent=0) + "\n")
+    with open(corpus / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "source", "duration", "sample_rate", "split", "raw_tags", "tags"])
+        for r, v in zip(rows, val):
+            w.writerow(
+                [
+                    r["path"],
+                    r["source"],
+                    f"{r['duration']:.3f}",
+                    r["sample_rate"],
+                    "val" if v else "train",
+                    " ".join(r["raw_tags"]),
+                    " ".join(t for t in r["tags"] if t in vset),
+                ]
+            )
+    stats = corpus_stats(rows, labels, vocab, versions, time.time() - t0)
+    (corpus / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    log.info("corpus: %s", json.dumps({k: v for k, v in stats.items() if k != "sources"}))
+    return corpus
+
+
+def corpus_stats(rows, labels, vocab, versions, seconds) -> dict:
+    per = {}
+    for r in rows:
+        s = per.setdefault(r["source"], {"files": 0, "hours": 0.0})
+        s["files"] += 1
+        s["hours"] += r["duration"] / 3600
+    for src, s in per.items():
+        s["hours"] = round(s["hours"], 3)
+        s["version"] = versions.get(src, "")
+        lic = SOURCES.get(src, SOUNDFONTS.get(src, ("?",)))[0]
+        s["licence"] = lic
+    windows = sum(len(window_starts(r["frames"], r["signal_frames"])) for r in rows)
+    return {
+        "sounds": len(rows),
+        "hours": round(sum(r["duration"] for r in rows) / 3600, 2),
+        "max_energy_patches": len(rows),
+        "multi_patch_windows": int(windows),
+        "vocabulary": len(vocab),
+        "tags_per_sound": round(float(labels.sum(axis=1).mean()), 2),
+        "build_seconds": round(seconds),
+        "sources": per,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
+    p.add_argument("--smoke", action="store_true", help="a tiny corpus from four small packages")
+    p.add_argument("--workers", type=int, default=2)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    build(data_dir(a.data), smoke=a.smoke, workers=a.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Training-only networks (SPEC.md section 3): AudioDecoder, TagDecoder and the CNN tagger baseline.
+
+The encoders come from ``coala_embed.model``, so training and inference share one definition."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from coala_embed.model import AudioEncoder, TagEncoder
+
+__all__ = ["AudioDecoder", "AudioEncoder", "CNN", "TagDecoder", "TagEncoder"]
+
+
+class AudioDecoder(nn.Module):
+    """z ``[B, 1152]`` -> reconstruction ``[B, 1, 96, 96]`` in (0, 1); indices match the original
+    (0 unflatten, 1 dropout, then ConvTranspose/BN/ReLU/Dropout blocks, no dropout in block 4,
+    17 ConvTranspose to one channel, 18 BatchNorm2d(1), 19 Sigmoid)."""
+
+    def __init__(self, channels: int = 128, dropout: float = 0.25) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Unflatten(1, (channels, 3, 3)), nn.Dropout(dropout)]
+        for block in range(4):
+            layers += [nn.ConvTranspose2d(channels, channels, 4, 2, 1), nn.BatchNorm2d(channels), nn.ReLU()]
+            if block < 3:
+                layers.append(nn.Dropout(dropout))
+        layers += [nn.ConvTranspose2d(channels, 1, 4, 2, 1), nn.BatchNorm2d(1), nn.Sigmoid()]
+        self.audio_decoder = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.audio_decoder(z)
+
+
+class TagDecoder(nn.Module):
+    """z ``[B, 1152]`` -> tag probabilities ``[B, n_tags]``; no dropout after the second block, BN before the
+    sigmoid, as the original."""
+
+    def __init__(self, n_tags: int, dim: int = 1152, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.tag_decoder = nn.Sequential(
+            nn.Linear(dim, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(),
+            nn.Linear(512, n_tags), nn.BatchNorm1d(n_tags), nn.Sigmoid(),
+        )  # fmt: skip
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.tag_decoder(z)
+
+
+class CNN(nn.Module):
+    """The supervised tagger baseline: the AudioEncoder's conv stack (key prefix ``encoder``), then
+    Linear(1152, 1152) + ReLU + Linear(1152, n_tags) + Sigmoid. Returns ``(z, y)``."""
+
+    def __init__(self, n_tags: int, dim: int = 1152) -> None:
+        super().__init__()
+        self.encoder = AudioEncoder().audio_encoder
+        self.fc = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, n_tags), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(x)
+        return z, self.fc(z)

@@ -1,0 +1,62 @@
+"""The Debian packages the pretraining corpus comes from, their licences, and what must never enter it."""
+
+from __future__ import annotations
+
+# Pretraining sources: package -> (licence as its debian/copyright states it, tags every sound of it gets).
+# The extra tags are the package's own description of its sounds (its metadata), so that e.g. the
+# phone prompts are tagged as speech; everything else comes from paths, stamp texts and transcripts.
+SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "tuxpaint-stamps-default": ("GPL-2+", ()),
+    "supertux-data": ("GPL-3+ / CC-BY-SA", ("game",)),
+    "supertuxkart-data": ("GPL-3+ / CC-BY-SA / CC0", ("game",)),
+    "redeclipse-data": ("CC-BY-SA / mixed free", ("game",)),
+    "naev-data": ("GPL-3+ / CC-BY-SA / public domain", ("game", "space")),
+    "wesnoth-1.16-data": ("GPL-2+", ("game", "fantasy")),
+    "wesnoth-1.16-music": ("GPL-2+", ("music", "soundtrack")),
+    "colobot-common-sounds": ("GPL-3+", ("game",)),
+    "lincity-ng-data": ("GPL-2+", ("game", "city")),
+    "fillets-ng-data": ("GPL-2+", ("game",)),
+    "endless-sky-data": ("GPL-3+ / CC-BY-SA / public domain", ("game", "space")),
+    "extremetuxracer-data": ("GPL-2+", ("game",)),
+    "frozen-bubble-data": ("GPL-2", ("game",)),
+    "sound-theme-freedesktop": ("GPL-2+ / CC-BY-SA", ("notification", "desktop")),
+    "oxygen-sounds": ("LGPL-2.1+ / CC-BY-SA", ("notification", "desktop")),
+    "deepin-sound-theme": ("GPL-3+", ("notification", "desktop")),
+    "yaru-theme-sound": ("CC-BY-SA-4.0", ("notification", "desktop")),
+    "lomiri-sounds": ("CC-BY-SA / CC0 / GPL", ("notification", "phone")),
+    "sonic-pi-samples": ("CC0 / CC-BY", ("music", "sample")),
+    "lmms-common": ("GPL-2+", ("music", "sample")),
+    "asterisk-core-sounds-en-wav": ("CC-BY-SA-3.0", ("speech", "voice", "female", "english", "telephone")),
+    "asterisk-moh-opsound-wav": ("CC-BY-SA-3.0", ("music", "hold")),
+    "warzone2100-data": ("GPL-2+ / CC-BY-SA", ("game", "war")),
+    "openarena-data": ("GPL-2+", ("game", "shooter")),
+    "freedoom": ("BSD-3-clause", ("game", "shooter")),
+    "openttd-opensfx": ("CC-Sampling-Plus-1.0", ("game", "transport")),
+}
+# Packages whose files are read without being sounds themselves.
+METADATA_PACKAGES = ("asterisk-core-sounds-en",)
+# General MIDI soundfonts rendered note by note with fluidsynth.
+SOUNDFONTS: dict[str, tuple[str, str]] = {
+    "fluid-soundfont-gm": ("MIT", "usr/share/sounds/sf2/FluidR3_GM.sf2"),
+    "timgm6mb-soundfont": ("GPL-2", "usr/share/sounds/sf2/TimGM6mb.sf2"),
+}
+
+# The evaluation tasks: never part of pretraining (training/tasks.py builds them).
+EVALUATION_PACKAGES = ("0ad-data", "musescore-general-soundfont")
+# Not to be used anywhere in the project.
+FORBIDDEN_PACKAGES = (
+    "hedgewars-data",
+    "megaglest-data",
+    "widelands-data",
+    "ktuberling-data",
+    "hydrogen-drumkits",
+    "csound-soundfont",
+    "freepats",
+)
+EXCLUDED_PACKAGES = EVALUATION_PACKAGES + FORBIDDEN_PACKAGES
+
+PRETRAIN_PACKAGES = tuple(SOURCES) + METADATA_PACKAGES + tuple(SOUNDFONTS)
+assert not set(PRETRAIN_PACKAGES) & set(EXCLUDED_PACKAGES)
+
+AUDIO_EXTENSIONS = (".wav", ".ogg", ".flac", ".mp3", ".opus", ".oga")
+ARCHIVE_EXTENSIONS = (".zip", ".pk3", ".wz")

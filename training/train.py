@@ -1,0 +1,368 @@
+"""Train AE-C, E-C or the CNN tagger baseline on the corpus (SPEC.md sections 4-5), resumably.
+
+    python -m training.train training/configs/ae_c.json [--data DIR] [--out DIR] [--set key=value ...]
+    torchrun --nproc-per-node 2 -m training.train training/configs/ae_c.json   # DistributedDataParallel
+
+Rerunning the same command continues from the last checkpoint (written atomically every few minutes).
+Everything lands in ``OUT`` (default ``DATA/runs/<variant>``): ``config.json`` (resolved), ``ckpt.pt``
+(latest), ``best.pt`` (lowest validation loss), ``losses.csv`` (per epoch), ``steps.csv``, ``losses.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from coala_embed.model import AudioEncoder, TagEncoder
+
+from .corpus import data_dir
+from .losses import generalised_kl, nt_xent, tag_bce
+from .models import CNN, AudioDecoder, TagDecoder
+from .patches import PATCH, window_starts
+
+log = logging.getLogger("training.train")
+
+DEFAULTS: dict = {
+    "variant": "ae_c",  # ae_c | e_c | cnn
+    "loss_weights": {"audio": 5.0, "tag": 5.0, "contrastive": 10.0},
+    "tau": 0.1,
+    "optimizer": "adam",  # adam | sgd (the paper: two plain SGD, lr 5e-3)
+    "lr": 1e-3,
+    "batch_size": 128,  # per process
+    "patch_mode": "multi",  # multi (windows over each sound, jittered) | max_energy (the original: one per sound)
+    "jitter": 48,  # frames of random shift of multi-patch windows
+    "max_samples": 1_500_000,  # stop after this many samples...
+    "min_samples": 1_000_000,  # ...or once validation stops improving for `patience` epochs after this many
+    "patience": 4,
+    "checkpoint_minutes": 4.0,
+    "seed": 0,
+    "bf16": True,  # autocast on CPU and CUDA; losses in float32
+    "channels_last": True,
+    "corpus": "corpus",
+    "threads": 0,  # 0: all cores
+}
+
+
+# ------------------------------------------------------------------------------------------------ data
+class PatchData:
+    """The corpus's log-mels in memory and vectorised patch gathering: no Python work per sample."""
+
+    def __init__(self, corpus: Path, cfg: dict) -> None:
+        self.logmel = torch.from_numpy(np.load(corpus / "logmel.npy"))  # [96, F] float16
+        z = np.load(corpus / "index.npz")
+        self.labels = torch.from_numpy(z["labels"].astype(np.float32))
+        self.scaler_min = torch.from_numpy(z["scaler_min"])
+        self.scaler_scale = torch.from_numpy(z["scaler_scale"])
+        val = z["val"]
+        offset, frames, signal = z["offset"], z["frames"], z["signal_frames"]
+        best = z["max_energy_start"]  # absolute frame index
+        self.vocabulary = json.loads((corpus / "vocabulary.json").read_text())
+        train_ids = np.flatnonzero(~val)
+        if cfg["patch_mode"] == "max_energy":
+            starts, last, sound = best[train_ids], best[train_ids], train_ids
+        else:
+            starts, last, sound = [], [], []
+            for i in train_ids:
+                w = window_starts(int(frames[i]), int(signal[i]))
+                hi = max(0, min(int(frames[i]), max(int(signal[i]), PATCH)) - PATCH)
+                starts.append(offset[i] + w)
+                last.append(np.full(len(w), offset[i] + hi))
+                sound.append(np.full(len(w), i))
+            starts, last, sound = map(np.concatenate, (starts, last, sound))
+        self.train_start = torch.from_numpy(np.asarray(starts, dtype=np.int64))
+        self.train_last = torch.from_numpy(np.asarray(last, dtype=np.int64))
+        self.train_sound = torch.from_numpy(np.asarray(sound, dtype=np.int64))
+        val_ids = np.flatnonzero(val)
+        self.val_start = torch.from_numpy(best[val_ids].astype(np.int64))
+        self.val_sound = torch.from_numpy(val_ids.astype(np.int64))
+        self._ar = torch.arange(PATCH)
+
+    def patches(self, starts: torch.Tensor) -> torch.Tensor:
+        """Scaled patches ``[B, 1, 96, 96]`` (mel x time) starting at absolute frames ``starts``, clamped to
+        [0, 1] (the scaler was fitted on these training patches; validation clamps as the original)."""
+        x = self.logmel[:, starts[:, None] + self._ar].permute(1, 0, 2).float()
+        return (x * self.scaler_scale + self.scaler_min).clamp_(0, 1).unsqueeze(1)
+
+
+# ------------------------------------------------------------------------------------------------ models
+def build_models(cfg: dict, n_tags: int) -> dict[str, nn.Module]:
+    if cfg["variant"] == "cnn":
+        return {"cnn": CNN(n_tags)}
+    models: dict[str, nn.Module] = {"audio_encoder": AudioEncoder(), "tag_encoder": TagEncoder(n_tags)}
+    if cfg["loss_weights"]["audio"] > 0:
+        models["audio_decoder"] = AudioDecoder()
+    if cfg["loss_weights"]["tag"] > 0:
+        models["tag_decoder"] = TagDecoder(n_tags)
+    return models
+
+
+def build_optimizers(cfg: dict, models: dict[str, nn.Module]) -> list[torch.optim.Optimizer]:
+    """Two optimisers as the paper (audio side, tag side); one for the CNN."""
+    groups = [["cnn"]] if "cnn" in models else [["audio_encoder", "audio_decoder"], ["tag_encoder", "tag_decoder"]]
+    opts = []
+    for g in groups:
+        params = [p for name in g if name in models for p in models[name].parameters()]
+        if cfg["optimizer"] == "sgd":
+            opts.append(torch.optim.SGD(params, lr=cfg["lr"]))
+        else:
+            opts.append(torch.optim.Adam(params, lr=cfg["lr"]))
+    return opts
+
+
+def step_losses(
+    cfg: dict, models: dict[str, nn.Module], x: torch.Tensor, tags: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The losses of one batch (unweighted)."""
+    if "cnn" in models:
+        _, y = models["cnn"](x)
+        return {"tag": tag_bce(y, tags)}
+    z_a, zd_a = models["audio_encoder"](x)
+    z_t, zd_t = models["tag_encoder"](tags)
+    out = {"contrastive": nt_xent(zd_a, zd_t, cfg["tau"])}
+    if "audio_decoder" in models:
+        out["audio"] = generalised_kl(models["audio_decoder"](z_a), x)
+    if "tag_decoder" in models:
+        out["tag"] = tag_bce(models["tag_decoder"](z_t), tags)
+    return out
+
+
+def weighted(cfg: dict, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    if cfg["variant"] == "cnn":
+        return losses["tag"]
+    return sum(cfg["loss_weights"][k] * v for k, v in losses.items())
+
+
+# ------------------------------------------------------------------------------------------------ loop
+def save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def validate(cfg, models, data: PatchData, device, autocast) -> dict[str, float]:
+    for m in models.values():
+        m.eval()
+    sums: dict[str, float] = {}
+    n = 0
+    bs = cfg["batch_size"]
+    for i in range(0, len(data.val_start) - bs + 1, bs):  # drop_last, as the original
+        x = data.patches(data.val_start[i : i + bs]).to(device)
+        t = data.labels[data.val_sound[i : i + bs]].to(device)
+        if cfg["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            losses = step_losses(cfg, models, x, t)
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        n += 1
+    for m in models.values():
+        m.train()
+    out = {k: v / max(n, 1) for k, v in sums.items()}
+    out["weighted"] = float(weighted(cfg, {k: torch.tensor(v) for k, v in out.items()})) if out else math.nan
+    return out
+
+
+def plot(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k[6:] for h in history for k in h if k.startswith("train_")})
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        s = [h["samples"] for h in history]
+        ax.plot(s, [h.get("train_" + k) for h in history], label="train")
+        ax.plot(s, [h.get("val_" + k) for h in history], label="validation")
+        ax.set_title(k)
+        ax.set_xlabel("samples")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".tmp.png"))
+    plt.close(fig)
+    os.replace(path.with_suffix(".tmp.png"), path)
+
+
+def train(cfg: dict, data_root: Path, out: Path) -> Path:
+    """Run (or resume) one training; return the folder with ``best.pt``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = (
+        torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    data = PatchData(data_root / cfg["corpus"], cfg)
+    torch.manual_seed(cfg["seed"])
+    models = build_models(cfg, data.labels.shape[1])
+    for m in models.values():
+        m.to(device)
+        if cfg["channels_last"]:
+            m.to(memory_format=torch.channels_last)
+    opts = build_optimizers(cfg, models)
+    state = {"epoch": 0, "step": 0, "samples": 0, "history": [], "best": math.inf, "seconds": 0.0}
+    ckpt = out / "ckpt.pt"
+    if ckpt.exists():  # our own file; weights_only keeps it to tensors and plain containers
+        saved = torch.load(ckpt, map_location=device, weights_only=True)
+        for k, m in models.items():
+            m.load_state_dict(saved["models"][k])
+        for o, s in zip(opts, saved["optims"]):
+            o.load_state_dict(s)
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["state"]
+        log.info(
+            "resumed from %s: epoch %d, step %d, %d samples", ckpt, state["epoch"], state["step"], state["samples"]
+        )
+    wrapped = {k: nn.parallel.DistributedDataParallel(m) if world > 1 else m for k, m in models.items()}
+    if device.type == "cuda":
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg["bf16"])  # noqa: E731
+    else:
+        autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"])  # noqa: E731
+
+    def checkpoint() -> None:
+        if rank == 0:
+            save_atomic(
+                {
+                    "models": {k: m.state_dict() for k, m in models.items()},
+                    "optims": [o.state_dict() for o in opts],
+                    "torch_rng": torch.get_rng_state(),
+                    "state": state,
+                    "config": json.dumps(cfg),
+                },
+                ckpt,
+            )
+
+    bs, n = cfg["batch_size"], len(data.train_start)
+    steps_per_epoch = n // (bs * world)
+    last_ckpt, t_start = time.time(), time.time() - state["seconds"]
+    steps_file = open(out / "steps.csv", "a", newline="") if rank == 0 else None
+    done = False
+    while not done:
+        epoch = state["epoch"]
+        g = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch)
+        perm = torch.randperm(n, generator=g)[rank::world]
+        shift = torch.randint(0, cfg["jitter"] + 1, (n,), generator=g)[rank::world]
+        sums: dict[str, float] = {}
+        for step in range(state["step"], steps_per_epoch):
+            idx = perm[step * bs : (step + 1) * bs]
+            starts = torch.minimum(data.train_start[idx] + shift[step * bs : (step + 1) * bs], data.train_last[idx])
+            x = data.patches(starts).to(device, non_blocking=True)
+            tags = data.labels[data.train_sound[idx]].to(device, non_blocking=True)
+            if cfg["channels_last"]:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            with autocast():
+                losses = step_losses(cfg, wrapped, x, tags)
+            weighted(cfg, losses).backward()
+            for o in opts:
+                o.step()
+            state["step"] = step + 1
+            state["samples"] += bs * world
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if steps_file and step % 20 == 0:
+                csv.writer(steps_file).writerow(
+                    [epoch, step, state["samples"], round(time.time() - t_start, 1)]
+                    + [f"{float(v.detach()):.5f}" for v in losses.values()]
+                )
+                steps_file.flush()
+            if time.time() - last_ckpt > 60 * cfg["checkpoint_minutes"]:
+                state["seconds"] = time.time() - t_start
+                checkpoint()
+                last_ckpt = time.time()
+        val = validate(cfg, models, data, device, autocast)
+        row = {"epoch": epoch, "samples": state["samples"], "seconds": round(time.time() - t_start)}
+        row.update({f"train_{k}": v / max(1, steps_per_epoch) for k, v in sums.items()})
+        row.update({f"val_{k}": v for k, v in val.items()})
+        state["history"].append(row)
+        if rank == 0:
+            log.info(
+                "epoch %d: %s",
+                epoch,
+                json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+            )
+            if val["weighted"] < state["best"]:
+                state["best"] = val["weighted"]
+                save_atomic(
+                    {"models": {k: m.state_dict() for k, m in models.items()}, "row": row, "config": json.dumps(cfg)},
+                    out / "best.pt",
+                )
+            with open(out / "losses.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(state["history"][-1]))
+                w.writeheader()
+                w.writerows(state["history"])
+            plot(state["history"], out / "losses.png")
+        state["epoch"], state["step"] = epoch + 1, 0
+        state["seconds"] = time.time() - t_start
+        best_epoch = min(range(len(state["history"])), key=lambda i: state["history"][i].get("val_weighted", math.inf))
+        stalled = len(state["history"]) - 1 - best_epoch >= cfg["patience"]
+        done = state["samples"] >= cfg["max_samples"] or (state["samples"] >= cfg["min_samples"] and stalled)
+        checkpoint()
+        last_ckpt = time.time()
+    if rank == 0:
+        (out / "DONE").write_text(json.dumps(state["history"][-1]) + "\n")
+    if world > 1:
+        dist.destroy_process_group()
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Defaults, then the config file, then ``key=value`` overrides (values parsed as JSON when they can be)."""
+    cfg = json.loads(json.dumps(DEFAULTS))
+    cfg.update(json.loads(Path(path).read_text()))
+    for item in overrides:
+        key, _, value = item.partition("=")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        target = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        if leaf not in target:
+            raise SystemExit(f"unknown setting {key!r}; known: {sorted(cfg)}")
+        target[leaf] = parsed
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="a JSON file in training/configs/")
+    p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
+    p.add_argument("--out", help="run folder (default: DATA/runs/<variant>)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings, e.g. lr=5e-3")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = load_config(a.config, a.set)
+    root = data_dir(a.data)
+    out = Path(a.out) if a.out else root / "runs" / cfg.get("name", cfg["variant"])
+    with contextlib.suppress(KeyboardInterrupt):
+        train(cfg, root, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
