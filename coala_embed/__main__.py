@@ -1,0 +1,5 @@
+"""``python -m coala_embed`` runs the command line."""
+
+from .cli import main
+
+main()

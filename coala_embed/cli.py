@@ -1,0 +1,209 @@
+"""The ``coala-embed`` command: parse the arguments, call the package, write the outputs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import CoalaEmbedError
+
+EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE = 0, 1, 2
+
+
+class _DefaultGroup(click.Group):
+    """A group whose default command is ``embed``: ``coala-embed DIR -o feats.npy`` means
+    ``coala-embed embed DIR -o feats.npy``; ``merge``, ``tags`` and ``search`` are subcommands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["embed", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="coala-embed")
+def main() -> None:
+    """Embed audio files with COALA (1152-d float32 vectors, one per file).
+
+    \b
+      coala-embed audio_dir/ -o feats.npy            embed a folder (recursive)
+      coala-embed a.wav b.flac -o feats.npz --format npz --frames
+      coala-embed merge -o all.npy shard1.npy shard2.npy
+      coala-embed tags dog.wav                       zero-shot tags of a sound
+      coala-embed search feats.npy "dog bark"        rank embedded files by words
+
+    Run `coala-embed embed --help` for all options of the default command.
+    """
+
+
+def _load(weights: str | None, device: str):
+    from .api import resolve_device
+    from .hub import load_model
+
+    try:
+        return load_model(weights, device=resolve_device(device))
+    except CoalaEmbedError as e:
+        raise click.UsageError(str(e)) from e
+
+
+def _check_out(out: Path, force: bool, resume: bool) -> None:
+    from .batch import manifest_path, state_dir
+
+    if force:
+        import shutil
+
+        shutil.rmtree(state_dir(out), ignore_errors=True)
+        return
+    if resume and state_dir(out).exists():
+        return
+    for p in (out, manifest_path(out)):
+        if p.exists():
+            raise click.UsageError(f"{p} exists; add -f to overwrite it")
+
+
+@main.command("embed")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output file (.npy or .npz)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["npy", "npz"]),
+    default=None,
+    help="Output format [default: from the output's extension, else npy].",
+)
+@click.option(
+    "--frames", is_flag=True, help="Also store patch embeddings with their times and per-file offsets (npz only)."
+)
+@click.option(
+    "--ext",
+    "exts",
+    multiple=True,
+    help="Only files with this extension inside folders (repeatable, e.g. --ext wav --ext flac) [default: all audio types].",
+)
+@click.option("--no-recursive", is_flag=True, help="Do not descend into subfolders.")
+@click.option(
+    "--weights",
+    default=None,
+    help="Checkpoint folder or Hub repo id owner/name[@revision] [default: $COALA_EMBED_WEIGHTS, then the bundled model].",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--batch-size",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Patches per forward pass (patches of several files share a batch).",
+)
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Threads decoding and computing log-mels while the model runs.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="bf16: faster on AVX-512-BF16 CPUs and GPUs, within the tolerance stated in the README.",
+)
+@click.option(
+    "--shard",
+    default=None,
+    metavar="K/N",
+    help="Embed only the K-th of N deterministic slices of the inputs (K = 1..N); join them with `coala-embed merge`.",
+)
+@click.option("--resume", is_flag=True, help="Finish an interrupted run with the same inputs and options.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs and discard interrupted progress.")
+@click.option("--max-hours", default=24.0, show_default=True, help="Files longer than this are reported as failures.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
+def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, batch_size, workers, precision, shard, resume, force, max_hours, quiet) -> None:  # fmt: skip
+    """Embed INPUTS (files and folders) into one matrix with a manifest.
+
+    Writes OUTPUT ([N, 1152] float32 rows, one per file that worked, in sorted path order) and, beside
+    it, OUTPUT-stem.manifest.json: for every input its row or its error, its duration, the model (source,
+    sha256), the front-end settings and the package version. Outputs are written atomically. Progress is
+    kept in OUTPUT.partial/ so that `--resume` finishes a killed run with the same result.
+
+    \b
+    Exit status:
+      0  every file was embedded
+      1  some files failed (listed on stderr and in the manifest); the others were embedded
+      2  usage error (bad option, output exists without -f, unknown device or weights)
+    """
+    from . import batch
+    from .audio_io import AUDIO_EXTENSIONS, find_audio
+
+    fmt = fmt or ("npz" if out.suffix == ".npz" else "npy")
+    if frames and fmt != "npz":
+        raise click.UsageError("--frames needs --format npz (one file holds clips, frames and times)")
+    k = n = None
+    if shard:
+        try:
+            k, n = (int(x) for x in shard.split("/"))
+            assert 1 <= k <= n
+        except (ValueError, AssertionError):
+            raise click.UsageError(f"--shard must be K/N with 1 <= K <= N, got {shard!r}") from None
+    _check_out(out, force, resume)
+    try:
+        paths = find_audio(inputs, exts or AUDIO_EXTENSIONS, recursive=not no_recursive)
+    except CoalaEmbedError as e:
+        raise click.UsageError(str(e)) from e
+    indices = list(range(len(paths)))
+    if shard:
+        indices = indices[k - 1 :: n]
+        paths = [paths[i] for i in indices]
+    if not paths:
+        raise click.UsageError("no audio files found in the inputs (check --ext)")
+    model = _load(weights, device)
+    opts = batch.Options(
+        fmt=fmt, frames=frames, batch_size=batch_size, workers=workers, max_hours=max_hours, precision=precision
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = batch.run(paths, out, model, opts, indices=indices, shard=shard, resume=resume, progress=not quiet)
+    except CoalaEmbedError as e:
+        raise click.UsageError(str(e)) from e
+    _report(manifest, out)
+
+
+def _report(manifest: dict, out: Path) -> None:
+    from .batch import manifest_path
+
+    s = manifest["summary"]
+    failed = [e for e in manifest["files"] if e["status"] != "ok"]
+    for e in failed:
+        click.echo(f"failed: {e['error']}", err=True)
+    click.echo(
+        f"{s['ok']} of {s['inputs']} files embedded ({s['audio_hours']:.3f} h of audio) -> {out}, {manifest_path(out)}"
+        + (f"; {len(failed)} failed" if failed else ""),
+        err=True,
+    )
+    if failed:
+        sys.exit(EXIT_FAILED_FILES)
+
+
+@main.command("merge")
+@click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Merged .npy file.")
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+def merge_cmd(shards, out, force) -> None:
+    """Join shard outputs (from --shard K/N runs) into one matrix and manifest, rows in input order."""
+    from . import batch
+
+    _check_out(out, force, False)
+    try:
+        manifest = batch.merge(list(shards), out)
+    except (CoalaEmbedError, OSError, KeyError, ValueError) as e:
+        raise click.UsageError(f"cannot merge: {e}") from e
+    _report(manifest, out)
+
+
+if __name__ == "__main__":
+    main()
