@@ -9,7 +9,37 @@ from torch import nn
 
 from coala_embed.model import AudioEncoder, TagEncoder
 
-__all__ = ["AudioDecoder", "AudioEncoder", "CNN", "TagDecoder", "TagEncoder"]
+__all__ = ["CNN", "AudioDecoder", "AudioEncoder", "FastDropout", "TagDecoder", "TagEncoder", "use_fast_dropout"]
+
+
+class FastDropout(nn.Dropout):
+    """Element-wise dropout as ``nn.Dropout`` (same p, same 1/(1-p) scaling, same eval identity), with the
+    mask drawn from random 64-bit words split into bytes: on the CPU ``bernoulli_`` took 30% of an AE-C step.
+    p is quantised to 1/256 (0.25 exactly)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        bits = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_()
+        u8 = bits.view(torch.uint8)[:n]
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            b, c, h, w = x.shape
+            u8 = u8.view(b, h, w, c).permute(0, 3, 1, 2)  # same layout as x, so the product stays channels-last
+        else:
+            u8 = u8.view(x.shape)
+        threshold = round(self.p * 256)
+        return x * (u8 >= threshold).to(x.dtype) * (256.0 / (256 - threshold))
+
+
+def use_fast_dropout(module: nn.Module) -> nn.Module:
+    """Swap every ``nn.Dropout`` inside ``module`` for :class:`FastDropout` (no parameters change)."""
+    for name, child in module.named_children():
+        if type(child) is nn.Dropout:
+            setattr(module, name, FastDropout(child.p))
+        else:
+            use_fast_dropout(child)
+    return module
 
 
 class AudioDecoder(nn.Module):

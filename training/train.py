@@ -30,7 +30,7 @@ from coala_embed.model import AudioEncoder, TagEncoder
 
 from .corpus import data_dir
 from .losses import generalised_kl, nt_xent, tag_bce
-from .models import CNN, AudioDecoder, TagDecoder
+from .models import CNN, AudioDecoder, TagDecoder, use_fast_dropout
 from .patches import PATCH, window_starts
 
 log = logging.getLogger("training.train")
@@ -51,6 +51,7 @@ DEFAULTS: dict = {
     "seed": 0,
     "bf16": True,  # autocast on CPU and CUDA; losses in float32
     "channels_last": True,
+    "fast_dropout": True,  # FastDropout: same dropout, mask from random bytes (bernoulli_ is slow on CPU)
     "corpus": "corpus",
     "threads": 0,  # 0: all cores
 }
@@ -99,6 +100,14 @@ class PatchData:
 
 # ------------------------------------------------------------------------------------------------ models
 def build_models(cfg: dict, n_tags: int) -> dict[str, nn.Module]:
+    models = _build_models(cfg, n_tags)
+    if cfg.get("fast_dropout", True):
+        for m in models.values():
+            use_fast_dropout(m)
+    return models
+
+
+def _build_models(cfg: dict, n_tags: int) -> dict[str, nn.Module]:
     if cfg["variant"] == "cnn":
         return {"cnn": CNN(n_tags)}
     models: dict[str, nn.Module] = {"audio_encoder": AudioEncoder(), "tag_encoder": TagEncoder(n_tags)}
