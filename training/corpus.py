@@ -34,6 +34,7 @@ from .sources import (
     ARCHIVE_EXTENSIONS,
     AUDIO_EXTENSIONS,
     EXCLUDED_PACKAGES,
+    FORBIDDEN_PACKAGES,
     METADATA_PACKAGES,
     SOUNDFONTS,
     SOURCES,
@@ -55,12 +56,13 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 # ---------------------------------------------------------------------------------------------- fetch
-def download(packages: list[str], debs: Path) -> dict[str, str]:
-    """``apt-get download`` each package once; return package -> version."""
+def download(packages: list[str], debs: Path, allow_excluded: bool = False) -> dict[str, str]:
+    """``apt-get download`` each package once; return package -> version. The evaluation packages are
+    refused unless ``allow_excluded`` (only ``training/tasks.py`` sets it); forbidden ones always are."""
     debs.mkdir(parents=True, exist_ok=True)
     versions = {}
     for pkg in packages:
-        if pkg in EXCLUDED_PACKAGES:
+        if pkg in FORBIDDEN_PACKAGES or (pkg in EXCLUDED_PACKAGES and not allow_excluded):
             raise ValueError(f"{pkg} must never be part of the pretraining corpus")
         found = sorted(debs.glob(f"{pkg}_*.deb"))
         if not found:
@@ -75,11 +77,12 @@ def download(packages: list[str], debs: Path) -> dict[str, str]:
     return versions
 
 
-def extract(pkg: str, debs: Path, root: Path) -> Path | None:
-    """``dpkg-deb -x`` into ``root/pkg`` (marked done by ``.done`` so that an interrupted unpack reruns)."""
+def extract(pkg: str, debs: Path, root: Path, unpack: bool = True) -> Path | None:
+    """``dpkg-deb -x`` into ``root/pkg`` (marked done by ``.done`` so that an interrupted unpack reruns);
+    with ``unpack``, also the audio inside the package's archives."""
     out = root / pkg
     if (out / ".done").exists():
-        if not (out / ".unpacked").exists():
+        if unpack and not (out / ".unpacked").exists():
             archives.unpack_all(out, AUDIO_EXTENSIONS, ARCHIVE_EXTENSIONS)
             (out / ".unpacked").touch()
         return out
@@ -90,8 +93,9 @@ def extract(pkg: str, debs: Path, root: Path) -> Path | None:
     out.mkdir(parents=True)
     run(["dpkg-deb", "-x", str(found[-1]), str(out)])
     (out / ".done").touch()
-    archives.unpack_all(out, AUDIO_EXTENSIONS, ARCHIVE_EXTENSIONS)
-    (out / ".unpacked").touch()
+    if unpack:
+        archives.unpack_all(out, AUDIO_EXTENSIONS, ARCHIVE_EXTENSIONS)
+        (out / ".unpacked").touch()
     return out
 
 
@@ -257,7 +261,7 @@ def build(data: Path, smoke: bool = False, workers: int = 2) -> Path:
     compute_features(rows, corpus / "features", workers=workers)
     metas, logmel, offsets = load_features(corpus / "features", rows)
     ok = [i for i, m in enumerate(metas) if "error" not in m]
-    for i, m in enumerate(metas):
+    for m in metas:
         if "error" in m:
             log.warning("skipped %s", m["error"])
     rows = [dict(rows[i], **metas[i], offset=int(offsets[i])) for i in ok]

@@ -1,0 +1,144 @@
+"""The front-end against librosa (SPEC.md section 1), padding and chunking, streaming."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import SR, chirp, fsdd_file, noise, sine
+
+from coala_embed.config import LOG_EPS, FrontendConfig
+from coala_embed.errors import AudioError
+from coala_embed.frontend import (
+    StreamingPatches,
+    chunk_starts,
+    log_mel,
+    mel_filterbank,
+    pad,
+    patches_from_audio,
+    prepare,
+    to_mono,
+)
+
+CFG = FrontendConfig()
+
+
+def librosa_log_mel(y: np.ndarray) -> np.ndarray:
+    """The original's compute_spectrogram with librosa 0.7.2 semantics (reflect padding made explicit)."""
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=SR, n_fft=1024, hop_length=512, n_mels=96, power=1.0, pad_mode="reflect", htk=False, norm="slaney",
+        fmin=0.0, fmax=11_000.0, dtype=np.float64,
+    )  # fmt: skip
+    return np.log(mel + np.finfo(np.float32).eps)
+
+
+def test_filterbank_equals_librosa_slaney():
+    ref = librosa.filters.mel(sr=22_000, n_fft=1024, n_mels=96, fmin=0, fmax=11_000, htk=False, norm="slaney", dtype=np.float64)
+    np.testing.assert_allclose(mel_filterbank(22_000, 1024, 96, 0.0, 11_000.0), ref, rtol=1e-10, atol=1e-14)
+
+
+def _real_recording() -> np.ndarray:
+    f = fsdd_file()
+    if f is None:
+        pytest.skip("../shared/data/fsdd is not beside the checkout")
+    y, sr = sf.read(f, dtype="float32")
+    return librosa.resample(y, orig_sr=sr, target_sr=SR)
+
+
+@pytest.mark.parametrize("signal", ["noise", "sine", "two_sines", "chirp", "real"])
+def test_log_mel_matches_librosa(signal):
+    y = {
+        "noise": lambda: noise(4.0),
+        "sine": lambda: sine(440, 4.0),
+        "two_sines": lambda: sine(97, 4.0) + sine(5_003, 4.0, amp=0.01),
+        "chirp": lambda: chirp(4.0),
+        "real": _real_recording,
+    }[signal]()
+    ours = log_mel(y, CFG).numpy()
+    ref = librosa_log_mel(y)
+    assert ours.shape == ref.shape == (96, 1 + len(y) // 512)
+    assert np.abs(ours - ref).max() <= 1e-4
+
+
+def test_log_uses_natural_log_and_float32_eps():
+    silence = np.zeros(22_000, np.float32)
+    assert torch.allclose(log_mel(silence, CFG), torch.tensor(np.log(LOG_EPS), dtype=torch.float32))
+
+
+def test_original_pooling_pads_to_10s_and_keeps_four_chunks():
+    cfg = FrontendConfig(pooling="original")
+    p = patches_from_audio(sine(440, 1.0), cfg)
+    assert p.patches.shape == (4, 96, 96)  # 430 frames -> chunks at 0, 96, 192, 288
+    np.testing.assert_allclose(p.starts, np.array([0, 96, 192, 288]) * 512 / 22_000)
+    long = patches_from_audio(noise(30.0), cfg)  # > 10 s: no padding, no noise
+    assert len(long.patches) == (1 + 30 * 22_000 // 512) // 96
+    assert np.array_equal(pad(noise(30.0), cfg), noise(30.0))
+
+
+def test_original_dither_is_seeded_and_non_negative():
+    cfg = FrontendConfig(pooling="original")
+    a, b = pad(np.zeros(100, np.float32), cfg), pad(np.zeros(100, np.float32), cfg)
+    assert np.array_equal(a, b) and len(a) == 220_000
+    assert a.min() >= 0 and a.max() < 5e-4 and abs(a.mean() - 2.5e-4) < 1e-5
+
+
+def test_signal_pooling_covers_the_end_without_noise_chunks():
+    p = patches_from_audio(noise(5.0), CFG)  # 215 frames: chunks at 0, 96 and one ending at frame 214
+    starts = chunk_starts(1 + 5 * 22_000 // 512, CFG)
+    assert list(starts) == [0, 96, 215 - 96]
+    assert p.patches.shape == (3, 96, 96)
+    short = patches_from_audio(sine(440, 0.5), CFG)  # shorter than a patch: padded to exactly one
+    assert short.patches.shape == (1, 96, 96)
+
+
+def test_overlapping_patches():
+    cfg = FrontendConfig(chunk_hop=48)
+    assert list(chunk_starts(240, cfg)) == [0, 48, 96, 144]
+
+
+@pytest.mark.parametrize("pooling", ["signal", "original"])
+@pytest.mark.parametrize("hop", [96, 48])
+def test_streaming_equals_whole_signal(pooling, hop):
+    cfg = FrontendConfig(pooling=pooling, chunk_hop=hop)
+    x = noise(37.3, seed=3)
+    ref = patches_from_audio(x, cfg)
+    stream = StreamingPatches(cfg)
+    parts = [stream.push(x[i : i + 50_000], last=i + 50_000 >= len(x)) for i in range(0, len(x), 50_000)]
+    got = torch.cat([p.patches for p in parts])
+    assert torch.equal(got, ref.patches)
+    np.testing.assert_allclose(np.concatenate([p.starts for p in parts]), ref.starts)
+
+
+def test_to_mono_channel_axis():
+    x = np.stack([np.ones(1000), -np.ones(1000) * 3])
+    np.testing.assert_allclose(to_mono(x), -1.0)  # [channels, samples]
+    np.testing.assert_allclose(to_mono(x.T), -1.0)  # [samples, channels]
+    np.testing.assert_allclose(to_mono(torch.from_numpy(x)), -1.0)
+
+
+@pytest.mark.parametrize(
+    "audio, sr, match",
+    [
+        (np.zeros(0, np.float32), SR, "empty"),
+        (np.array([0.0, np.nan] * 100, np.float32), SR, "NaN"),
+        (np.array([0.0, np.inf] * 100, np.float32), SR, "NaN or Inf"),
+        (np.zeros((2, 2, 100), np.float32), SR, "1-D or 2-D"),
+        (np.zeros((2, 0), np.float32), SR, "empty"),
+        (np.zeros(1000, np.float32), 0, "sample rate"),
+        (np.zeros(1000, np.float32), -8000, "sample rate"),
+        (np.array(["a", "b"]), SR, "numeric"),
+    ],
+)
+def test_bad_audio_raises_clear_error(audio, sr, match):
+    with pytest.raises(AudioError, match=match):
+        prepare(audio, sr, CFG, name="my-input")
+
+
+def test_resampling_any_rate():
+    p = prepare(sine(440, 3.0, 44_100), 44_100, CFG)
+    q = prepare(sine(440, 3.0, 22_000), 22_000, CFG)
+    assert p.patches.shape == q.patches.shape
+    loud = q.patches > -4  # the tone's bands; far below it the resampler's stopband noise differs
+    assert loud.any() and (p.patches - q.patches)[loud].abs().max() < 0.05

@@ -1,0 +1,97 @@
+"""The encoder against the original's layout (SPEC.md section 3) and the fast inference paths."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import SHARED, random_model
+
+from coala_embed.model import AudioEncoder, TagEncoder, fold_conv_bn
+
+
+def _original_keys(section: str) -> dict[str, list[int]]:
+    path = SHARED / "coala" / "keys.txt"
+    if not path.exists():
+        pytest.skip("../shared/coala/keys.txt is not beside the checkout")
+    keys, current = {}, None
+    for line in path.read_text().splitlines():
+        if line.startswith("###"):
+            current = line
+        elif current and section in current and line.strip():
+            name, shape = line.split(None, 1)
+            keys[name] = [int(x) for x in re.findall(r"\d+", shape)]
+    return keys
+
+
+def test_audio_encoder_state_dict_matches_the_original():
+    ours = {k: list(v.shape) for k, v in AudioEncoder().state_dict().items()}
+    assert ours == _original_keys("AudioEncoder")
+    n = sum(p.numel() for p in AudioEncoder().parameters())
+    assert n == 2_379_648
+
+
+def test_tag_encoder_state_dict_matches_the_original():
+    ours = {k: list(v.shape) for k, v in TagEncoder(1000).state_dict().items()}
+    assert ours == _original_keys("TagEncoder")
+    assert sum(p.numel() for p in TagEncoder(1000).parameters()) == 2_697_600
+
+
+def test_shapes_and_flatten_order():
+    enc = AudioEncoder().eval()
+    x = torch.rand(2, 1, 96, 96)
+    z, zd = enc(x)
+    assert z.shape == zd.shape == (2, 1152)
+    conv = enc.audio_encoder[:-1](x)  # before Flatten: [2, 128, 3, 3]
+    assert conv.shape == (2, 128, 3, 3)
+    c, h, w = 5, 1, 2
+    assert torch.equal(z[:, c * 9 + h * 3 + w], conv[:, c, h, w])  # C-major, as the original
+    assert (z >= 0).all()
+
+
+def test_fold_conv_bn_equals_conv_then_bn():
+    conv, bn = torch.nn.Conv2d(3, 8, 4, 2, 1), torch.nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.2, 3)
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    bn.eval()
+    x = torch.randn(4, 3, 16, 16)
+    torch.testing.assert_close(fold_conv_bn(conv, bn)(x), bn(conv(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_folded_channels_last_equals_unfolded_within_1e5():
+    model = random_model()
+    x = torch.randn(16, 96, 96) * 2 - 6  # log-mel-like values
+    with torch.no_grad():
+        ref = model.eval()(x)  # not optimised: BN modules, contiguous memory
+        model.optimize(fold_bn=True, channels_last=True)
+        fast = model(x)
+    assert (fast - ref).abs().max().item() <= 1e-5
+
+
+def test_bf16_stays_within_stated_tolerance():
+    """bf16 autocast keeps embeddings within 5% relative (L2) of fp32: the README's stated tolerance."""
+    model = random_model().optimize()
+    x = torch.randn(16, 96, 96) * 2 - 6
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x).float()
+    rel = ((low - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
+    assert rel < 0.05
+    cos = torch.nn.functional.cosine_similarity(low, ref).min().item()
+    assert cos > 0.998
+
+
+def test_scaler_is_per_time_column():
+    model = random_model()
+    with torch.no_grad():
+        model.scaler_scale.copy_(torch.arange(96, dtype=torch.float32))
+        model.scaler_min.zero_()
+    x = torch.ones(1, 96, 96)
+    scaled = model.scale(x)
+    assert torch.equal(scaled[0, :, 5], torch.full((96,), 5.0))  # every mel row of time column 5
+    assert torch.equal(scaled[0, 7, :], torch.arange(96, dtype=torch.float32))

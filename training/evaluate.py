@@ -1,0 +1,240 @@
+"""The paper's downstream evaluation (SPEC.md section 7) on the three held-out tasks of ``training/tasks.py``.
+
+For each embedding (a trained run or exported folder, the same encoder with random weights, the MFCC
+baseline) and each clip recipe (pooling mode, patch hop, mean or mean+std of the patch embeddings):
+StandardScaler fitted on the training split, MLPClassifier(256) with scikit-learn defaults, accuracy over
+``--seeds`` seeds (mean +- std), and a logistic-regression probe. ``--split val`` (the default) scores on the
+validation split and is what every training decision uses; ``--split test`` fits on train + validation and
+scores the test split once, for the tables. Results go to ``OUT/results_<split>.json`` and ``.md``.
+
+    python -m training.evaluate --model ae_c --model e_c --model cnn --split val
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coala_embed import CoalaConfig, CoalaModel, load_model
+from coala_embed.api import embed_patches, file_patches
+from coala_embed.config import FrontendConfig
+
+from .corpus import data_dir
+from .tasks import TASKS, read_task
+
+log = logging.getLogger("training.evaluate")
+
+# Clip recipes: name -> (front-end changes, statistics over the patch embeddings)
+RECIPES = {
+    "original": ({"pooling": "original"}, "mean"),  # the paper: 10-s noise padding, every chunk averaged
+    "signal": ({"pooling": "signal"}, "mean"),  # only chunks that hold signal
+    "signal_hop48": ({"pooling": "signal", "chunk_hop": 48}, "mean"),  # half-overlapping patches
+    "signal_hop48_meanstd": ({"pooling": "signal", "chunk_hop": 48}, "meanstd"),
+}
+
+
+# ------------------------------------------------------------------------------------------- features
+def task_patches(task: str, rows: list[dict], cfg: FrontendConfig, cache: Path) -> tuple[torch.Tensor, np.ndarray]:
+    """All patches of a task under one front-end setting (cached): ``[P, 96, 96]`` and offsets ``[N + 1]``."""
+    key = f"patches-{cfg.pooling}-{cfg.chunk_hop}-{cfg.noise_seed}"
+    f = cache / task / f"{key}.pt"
+    if f.exists():
+        d = torch.load(f, weights_only=True)
+        return d["patches"].float(), d["offsets"].numpy()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(lambda r: file_patches(r["path"], cfg).patches, rows))
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
+    patches = torch.cat(parts)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"patches": patches.half(), "offsets": torch.from_numpy(offsets)}, f.with_suffix(".tmp"))
+    f.with_suffix(".tmp").replace(f)
+    return patches, offsets
+
+
+def clip_features(frames: np.ndarray, offsets: np.ndarray, stat: str) -> np.ndarray:
+    out = []
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        x = frames[a:b]
+        out.append(np.concatenate([x.mean(0), x.std(0)]) if stat == "meanstd" else x.mean(0))
+    return np.stack(out).astype(np.float32)
+
+
+def mfcc_features(task: str, rows: list[dict], cache: Path) -> np.ndarray:
+    """The MFCC baseline exactly as SPEC.md 7.3: 20 MFCCs (n_fft 2048, hop 512, 128 mels, dB) + deltas,
+    mean and variance of each over time: 120-d; audio at 22 kHz, no padding."""
+    f = cache / task / "mfcc.npy"
+    if f.exists():
+        return np.load(f)
+    import librosa
+
+    from coala_embed.audio_io import load_audio
+    from coala_embed.frontend import resample
+
+    def one(r: dict) -> np.ndarray:
+        audio, sr = load_audio(r["path"])
+        y = resample(audio, sr, 22000)
+        if len(y) < 2048:
+            y = np.pad(y, (0, 2048 - len(y)))
+        m = librosa.feature.mfcc(y=y, sr=22000)
+        width = min(5, m.shape[1] - (1 - m.shape[1] % 2))  # delta needs an odd width <= frames
+        parts = [m]
+        if width >= 3:
+            parts += [librosa.feature.delta(m, width=width, order=1, mode="nearest"), librosa.feature.delta(m, width=width, order=2, mode="nearest")]
+        else:
+            parts += [np.zeros_like(m), np.zeros_like(m)]
+        return np.concatenate([np.concatenate([p.mean(1), p.var(1)]) for p in parts])
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        feats = np.stack(list(pool.map(one, rows))).astype(np.float32)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    np.save(f, feats)
+    return feats
+
+
+# ------------------------------------------------------------------------------------------- models
+def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
+    """``NAME`` (a run in DATA/runs, its best.pt), ``random`` (untrained encoder with the corpus scaler),
+    or ``NAME=PATH`` (an exported folder, e.g. ``shipped=weights``)."""
+    from .export import build_model
+
+    if "=" in spec:
+        name, path = spec.split("=", 1)
+        return name, load_model(path, device="cpu")
+    if spec == "random":
+        torch.manual_seed(0)
+        model = CoalaModel(CoalaConfig())
+        index = np.load(data / "corpus" / "index.npz")
+        model.scaler_min.copy_(torch.from_numpy(index["scaler_min"]))
+        model.scaler_scale.copy_(torch.from_numpy(index["scaler_scale"]))
+        return "random", model.eval().optimize()
+    model, _ = build_model(data / "runs" / spec, data / "corpus")
+    return spec, model.optimize()
+
+
+# ------------------------------------------------------------------------------------------- protocol
+def classify(xtr, ytr, xte, yte, seeds: int) -> dict:
+    """StandardScaler on train, MLPClassifier(256) over ``seeds`` seeds and a logistic-regression probe."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(xtr)
+    xtr, xte = scaler.transform(xtr), scaler.transform(xte)
+    accs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for seed in range(seeds):
+            clf = MLPClassifier(hidden_layer_sizes=(256,), random_state=seed).fit(xtr, ytr)
+            accs.append(float(clf.score(xte, yte)))
+        logreg = float(LogisticRegression(max_iter=2000).fit(xtr, ytr).score(xte, yte))
+    return {"mlp_mean": float(np.mean(accs)), "mlp_std": float(np.std(accs)), "mlp_runs": accs, "logreg": logreg}
+
+
+def split_xy(feats: np.ndarray, rows: list[dict], split: str):
+    train_splits = ("train",) if split == "val" else ("train", "val")
+    tr = [i for i, r in enumerate(rows) if r["split"] in train_splits]
+    te = [i for i, r in enumerate(rows) if r["split"] == split]
+    y = np.array([r["label"] for r in rows])
+    return feats[tr], y[tr], feats[te], y[te]
+
+
+def speaker_folds(feats: np.ndarray, rows: list[dict], seeds: int) -> dict:
+    """Digits, leave one speaker out: mean over the speakers of the accuracy on the held-out speaker."""
+    y = np.array([r["label"] for r in rows])
+    g = np.array([r["group"] for r in rows])
+    res = [classify(feats[g != s], y[g != s], feats[g == s], y[g == s], seeds) for s in sorted(set(g))]
+    return {"mlp_mean": float(np.mean([r["mlp_mean"] for r in res])), "mlp_std": float(np.std([r["mlp_mean"] for r in res])),
+            "logreg": float(np.mean([r["logreg"] for r in res]))}  # fmt: skip
+
+
+def evaluate(data: Path, specs: list[str], recipes: list[str], split: str, seeds: int, out: Path, loso: bool) -> dict:
+    cache = data / "eval-cache"
+    tasks = {t: read_task(data / "tasks" / t) for t in TASKS}
+    results: dict = {"split": split, "seeds": seeds, "date": datetime.date.today().isoformat(),
+                     "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "rows": []}  # fmt: skip
+    models = dict(resolve_model(s, data) for s in specs)
+    for task, rows in tasks.items():
+        t0 = time.time()
+        res = classify(*split_xy(mfcc_features(task, rows, cache), rows, split), seeds)
+        results["rows"].append({"task": task, "embedding": "mfcc", "recipe": "-", **res})
+        log.info("%s mfcc: %.4f +- %.4f (logreg %.4f) %.0fs", task, res["mlp_mean"], res["mlp_std"], res["logreg"], time.time() - t0)
+        if loso and task == "digits":
+            r = speaker_folds(mfcc_features(task, rows, cache), rows, 1)
+            results["rows"].append({"task": "digits_loso", "embedding": "mfcc", "recipe": "-", **r})
+        for recipe in recipes:
+            changes, stat = RECIPES[recipe]
+            for name, model in models.items():
+                t0 = time.time()
+                cfg = dataclasses.replace(model.config.frontend, **changes)
+                patches, offsets = task_patches(task, rows, cfg, cache)
+                frames = embed_patches(model, patches, 256)
+                feats = clip_features(frames, offsets, stat)
+                res = classify(*split_xy(feats, rows, split), seeds)
+                results["rows"].append({"task": task, "embedding": name, "recipe": recipe, **res})
+                log.info("%s %s %s: %.4f +- %.4f (logreg %.4f) %.0fs", task, name, recipe, res["mlp_mean"], res["mlp_std"], res["logreg"], time.time() - t0)
+                if loso and task == "digits":
+                    r = speaker_folds(feats, rows, 1)
+                    results["rows"].append({"task": "digits_loso", "embedding": name, "recipe": recipe, **r})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"results_{split}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"results_{split}.md").write_text(markdown(results))
+    return results
+
+
+def markdown(results: dict) -> str:
+    """One table: a row per (embedding, recipe), a column per task, MLP accuracy mean +- std (logreg)."""
+    tasks = list(dict.fromkeys(r["task"] for r in results["rows"]))
+    keys = list(dict.fromkeys((r["embedding"], r["recipe"]) for r in results["rows"]))
+    cell = {(r["embedding"], r["recipe"], r["task"]): r for r in results["rows"]}
+    lines = [
+        f"Split: {results['split']}; MLP(256) accuracy, mean ± std over {results['seeds']} seeds (logistic regression in brackets); "
+        f"{results['date']}, {results['machine']}.",
+        "",
+        "| embedding | clip recipe | " + " | ".join(tasks) + " |",
+        "|---|---|" + "---|" * len(tasks),
+    ]
+    for emb, recipe in keys:
+        cells = []
+        for t in tasks:
+            r = cell.get((emb, recipe, t))
+            cells.append(f"{100 * r['mlp_mean']:.1f} ± {100 * r['mlp_std']:.1f} ({100 * r['logreg']:.1f})" if r else "")
+        lines.append(f"| {emb} | {recipe} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
+    p.add_argument("--model", action="append", default=[], help="run name in DATA/runs, 'random', or NAME=FOLDER (repeatable)")
+    p.add_argument("--recipe", action="append", choices=list(RECIPES), help="clip recipes (default: all)")
+    p.add_argument("--split", choices=["val", "test"], default="val")
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--loso", action="store_true", help="also leave-one-speaker-out on digits")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default: DATA/eval)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    root = data_dir(a.data)
+    res = evaluate(root, a.model or ["ae_c", "random"], a.recipe or list(RECIPES), a.split, a.seeds, a.out or root / "eval", a.loso)
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

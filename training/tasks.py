@@ -1,0 +1,188 @@
+"""The three held-out evaluation tasks, built from scratch on any machine (none of it enters pretraining).
+
+* ``digits``: spoken digits (FSDD, ``../shared/data/fsdd``), 10 classes. Official split: takes 0-4 test;
+  takes 5-9 validation; takes 10-49 train. Also leave-one-speaker-out in ``evaluate.py``.
+* ``events``: the sounds of 0ad-data (in a zip inside the package), 9 classes from their folders;
+  variants of one sound (same stem, other number) stay on one side; test / validation / train = folds
+  0 / 1 / 2-4 of a stratified group 5-fold split (seed 0).
+* ``instruments``: GM notes rendered with fluidsynth from musescore-general-soundfont, 16 GM families;
+  split by program, so test instruments are unseen: per family 2 programs test, 1 validation, 5 train.
+
+Each task is a folder ``DATA/tasks/<name>/`` with ``task.csv`` (path, label, split, group) and ``card.json``.
+
+    python -m training.tasks [--data DIR] [--fsdd PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import re
+import sys
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .corpus import data_dir, download, extract
+from .notes import GM_FAMILIES, GM_PROGRAMS, render_notes
+
+log = logging.getLogger("training.tasks")
+TASKS = ("digits", "events", "instruments")
+DEFAULT_FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+
+# 0ad folder prefix (below audio/) -> class
+EVENT_CLASSES = {
+    "attack/weapon": "weapon", "attack/fire": "weapon", "attack/siege": "weapon",
+    "attack/impact": "impact", "attack/destruction": "impact",
+    "actor/human/death": "death", "actor/mounted/death": "death",
+    "actor/fauna": "fauna",
+    "actor/singlesteps": "footsteps", "actor/human/movement": "footsteps", "actor/mounted/movement": "footsteps",
+    "voice": "voice",
+    "resource": "gathering_construction",
+    "interface": "interface",
+    "ambient": "ambient",
+}  # fmt: skip
+
+
+def write_task(folder: Path, rows: list[dict], card: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "task.csv.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "split", "group"])
+        w.writeheader()
+        w.writerows(rows)
+    (folder / "task.csv.tmp").replace(folder / "task.csv")
+    counts = {s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items())) for s in ("train", "val", "test")}
+    hours = sum(sf.info(r["path"]).duration for r in rows) / 3600
+    card.update(files=len(rows), hours=round(hours, 3), classes=sorted({r["label"] for r in rows}), counts=counts)
+    (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+
+
+def read_task(folder: Path) -> list[dict]:
+    with open(folder / "task.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def build_digits(data: Path, fsdd: Path) -> Path:
+    out = data / "tasks" / "digits"
+    if (out / "task.csv").exists():
+        return out
+    if not fsdd.is_dir():
+        raise SystemExit(f"FSDD recordings not found at {fsdd}; pass --fsdd")
+    rows = []
+    for f in sorted(fsdd.glob("*.wav")):
+        digit, speaker, take = f.stem.split("_")
+        split = "test" if int(take) <= 4 else ("val" if int(take) <= 9 else "train")
+        rows.append({"path": str(f), "label": digit, "split": split, "group": speaker})
+    card = {"task": "digits", "source": "Free Spoken Digit Dataset (CC BY-SA 4.0), commit 26eb9aa",
+            "split_rule": "takes 0-4 test (official), 5-9 validation, 10-49 train; group = speaker"}  # fmt: skip
+    write_task(out, rows, card)
+    return out
+
+
+def _event_class(member: str) -> str | None:
+    rel = member.split("audio/", 1)[-1]
+    for prefix, label in EVENT_CLASSES.items():
+        if rel.startswith(prefix + "/"):
+            return label
+    return None
+
+
+def build_events(data: Path) -> Path:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    out = data / "tasks" / "events"
+    if (out / "task.csv").exists():
+        return out
+    versions = download(["0ad-data"], data / "debs", allow_excluded=True)
+    root = extract("0ad-data", data / "debs", data / "eval-extracted", unpack=False)
+    audio = out / "audio"
+    rows = []
+    for z in sorted(root.rglob("*.zip")):
+        with zipfile.ZipFile(z) as zf:
+            for info in zf.infolist():
+                name = info.filename
+                if not name.lower().endswith((".ogg", ".wav")) or "/audio/" not in "/" + name:
+                    continue
+                label = _event_class(name)
+                if label is None:
+                    continue
+                target = audio / name.split("audio/", 1)[-1]
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(zf.read(info))
+                stem = re.sub(r"[_\-\s]*\d+$", "", Path(name).stem)
+                rows.append({"path": str(target), "label": label, "split": "", "group": f"{Path(name).parent}/{stem}"})
+    labels = [r["label"] for r in rows]
+    groups = [r["group"] for r in rows]
+    folds = list(StratifiedGroupKFold(5, shuffle=True, random_state=0).split(np.zeros(len(rows)), labels, groups))
+    for r in rows:
+        r["split"] = "train"
+    for i in folds[0][1]:
+        rows[i]["split"] = "test"
+    for i in folds[1][1]:
+        rows[i]["split"] = "val"
+    card = {"task": "events", "source": f"0ad-data {versions.get('0ad-data', '')} (CC BY-SA 3.0)",
+            "split_rule": "StratifiedGroupKFold(5, seed 0) over groups = folder + stem without its number: "
+                          "fold 0 test, fold 1 validation, folds 2-4 train",
+            "class_map": EVENT_CLASSES}  # fmt: skip
+    write_task(out, rows, card)
+    return out
+
+
+def build_instruments(data: Path) -> Path:
+    out = data / "tasks" / "instruments"
+    if (out / "task.csv").exists():
+        return out
+    versions = download(["musescore-general-soundfont"], data / "debs", allow_excluded=True)
+    root = extract("musescore-general-soundfont", data / "debs", data / "eval-extracted", unpack=False)
+    sf_files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".sf2", ".sf3"))
+    if not sf_files:
+        raise SystemExit(f"no soundfont in {root}")
+    soundfont = sf_files[0]
+    rng = np.random.default_rng(0)
+    split_of = {}
+    for fam in range(16):
+        progs = rng.permutation(np.arange(fam * 8, fam * 8 + 8))
+        for k, p in enumerate(progs):
+            split_of[int(p)] = "test" if k < 2 else ("val" if k < 3 else "train")
+    notes = [{"channel": 0, "program": p, "pitch": pitch, "velocity": vel}
+             for p in range(128) for pitch in range(36, 85, 4) for vel in (80, 120)]  # fmt: skip
+    paths = render_notes(soundfont, notes, out / "audio", "note")
+    rows = []
+    for path, n in zip(paths, notes):
+        audio, _ = sf.read(path, dtype="float32")
+        if np.abs(audio).max() < 1e-3:  # silent: the program has no sample at this pitch
+            continue
+        rows.append({"path": str(path), "label": GM_FAMILIES[n["program"] // 8].replace(" ", "_"), "split": split_of[n["program"]],
+                     "group": GM_PROGRAMS[n["program"]]})  # fmt: skip
+    card = {"task": "instruments", "source": f"musescore-general-soundfont {versions.get('musescore-general-soundfont', '')} "
+            f"({soundfont.name}, MIT), rendered with fluidsynth",  # fmt: skip
+            "split_rule": "by GM program: per family 2 programs test, 1 validation, 5 train (seed 0); "
+                          "pitches 36-84 step 4, velocities 80 and 120, 2 s notes in 3 s clips"}  # fmt: skip
+    write_task(out, rows, card)
+    return out
+
+
+def build_all(data: Path, fsdd: Path = DEFAULT_FSDD) -> dict[str, Path]:
+    return {"digits": build_digits(data, fsdd), "events": build_events(data), "instruments": build_instruments(data)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
+    p.add_argument("--fsdd", type=Path, default=DEFAULT_FSDD, help="FSDD recordings folder")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for name, folder in build_all(data_dir(a.data), a.fsdd).items():
+        card = json.loads((folder / "card.json").read_text())
+        print(name, card["files"], "files", card["hours"], "h", len(card["classes"]), "classes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
