@@ -63,7 +63,7 @@ class _State:
     line is complete; data past what the log accounts for is cut off on resume, so a kill at any moment
     loses at most the files in flight and never doubles a row."""
 
-    def __init__(self, folder: Path, dim: int, key: dict) -> None:
+    def __init__(self, folder: Path, dim: int, key: dict, frames: bool) -> None:
         self.folder, self.dim = folder, dim
         folder.mkdir(parents=True, exist_ok=True)
         keyfile = folder / "run.json"
@@ -90,7 +90,7 @@ class _State:
             with open(log, "r+b") as f:
                 f.truncate(good)
         rows = sum(1 for e in self.entries if e["status"] == "ok")
-        frames = sum(e.get("n_frames", 0) for e in self.entries if e["status"] == "ok")
+        frames = sum(e["n_frames"] for e in self.entries if e["status"] == "ok") if frames else 0
         self._truncate("rows.f32", rows * dim * 4)
         self._truncate("frames.f32", frames * dim * 4)
         self._truncate("times.f64", frames * 2 * 8)
@@ -180,7 +180,7 @@ def run(
     sdir = state_dir(out)
     if sdir.exists() and not resume:
         raise CoalaEmbedError(f"{sdir} holds an interrupted run: add --resume to finish it, or -f to start over")
-    state = _State(sdir, dim, key)
+    state = _State(sdir, dim, key, opts.frames)
     done = state.done()
     todo = [(i, p) for i, p in zip(indices, paths) if i not in done]
     t0 = time.time()

@@ -1,0 +1,131 @@
+"""get_embedding / embed_file / embed_files: shapes, times, batching, devices and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import SR, noise, sine
+
+from coala_embed import AudioError, DeviceError, embed_file, embed_files, get_embedding
+from coala_embed.api import resolve_device
+
+
+def test_clip_embedding(model):
+    emb = get_embedding(sine(440, 5.0), SR, model=model)
+    assert emb.shape == (1152,) and emb.dtype == np.float32 and np.isfinite(emb).all()
+
+
+def test_frames_with_times(model):
+    frames, times = get_embedding(noise(5.0), SR, model=model, frames=True)
+    assert frames.shape == (3, 1152) and times.shape == (3, 2)
+    np.testing.assert_allclose(times[:, 1] - times[:, 0], 96 * 512 / 22_000)
+    np.testing.assert_allclose(times[:2, 0], [0.0, 96 * 512 / 22_000])
+    np.testing.assert_allclose(frames.mean(0), get_embedding(noise(5.0), SR, model=model), atol=1e-6)
+
+
+def test_batch_size_does_not_change_embeddings(model):
+    x = noise(20.0, seed=4)
+    ref = get_embedding(x, SR, model=model, frames=True, batch_size=64)[0]
+    for bs in (1, 3, 7):
+        np.testing.assert_allclose(get_embedding(x, SR, model=model, frames=True, batch_size=bs)[0], ref, atol=1e-5)
+
+
+def test_one_by_one_equals_batched_files(model, audio_dir):
+    paths = sorted(p for p in audio_dir.rglob("*") if p.is_file())
+    single = [embed_file(p, model=model).clip for p in paths]
+    batched = list(embed_files(paths, model=model, batch_size=16))
+    assert [str(p) for p in paths] == [p for p, _ in batched]
+    for a, (_, b) in zip(single, batched):
+        np.testing.assert_allclose(a, b.clip, atol=1e-5)
+
+
+def test_numpy_torch_mono_stereo_agree(model):
+    x = sine(440, 3.0)
+    ref = get_embedding(x, SR, model=model)
+    np.testing.assert_allclose(get_embedding(torch.from_numpy(x), SR, model=model), ref, atol=1e-6)
+    np.testing.assert_allclose(get_embedding(np.stack([x, x]), SR, model=model), ref, atol=1e-6)
+    np.testing.assert_allclose(get_embedding(np.stack([x, x], axis=1), SR, model=model), ref, atol=1e-6)
+
+
+def test_any_sample_rate(model):
+    e44 = get_embedding(sine(440, 3.0, 44_100), 44_100, model=model)
+    e22 = get_embedding(sine(440, 3.0, SR), SR, model=model)
+    assert np.corrcoef(e44, e22)[0, 1] > 0.99
+
+
+def test_short_audio_is_padded_and_silence_is_finite(model):
+    frames, times = get_embedding(sine(440, 0.2), SR, model=model, frames=True)
+    assert frames.shape == (1, 1152)
+    assert np.isfinite(get_embedding(np.zeros(SR, np.float32), SR, model=model)).all()
+    assert np.isfinite(get_embedding(np.zeros(10, np.float32), SR, model=model)).all()
+
+
+def test_deterministic(model):
+    x = sine(300, 1.0)
+    assert np.array_equal(get_embedding(x, SR, model=model), get_embedding(x, SR, model=model))
+
+
+def test_original_pooling_available(weights_dir):
+    from coala_embed import load_model
+
+    model = load_model(weights_dir, device="cpu")
+    model.config = model.config.replace(pooling="original")
+    frames, times = get_embedding(sine(440, 1.0), SR, model=model, frames=True)
+    assert frames.shape == (4, 1152)  # padded to 10 s, every chunk kept
+
+
+@pytest.mark.parametrize(
+    "audio, sr, match",
+    [
+        (np.zeros(0, np.float32), SR, "empty"),
+        (np.full(1000, np.nan, np.float32), SR, "NaN"),
+        (np.zeros(1000, np.float32), 0, "sample rate"),
+        (np.zeros((3, 3, 3), np.float32), SR, "shape"),
+    ],
+)
+def test_errors_name_the_problem(model, audio, sr, match):
+    with pytest.raises(AudioError, match=match):
+        get_embedding(audio, sr, model=model)
+
+
+def test_file_errors_name_the_file(model, tmp_path):
+    bad = tmp_path / "not-audio.wav"
+    bad.write_text("hello, I am text")
+    with pytest.raises(AudioError, match="not-audio.wav"):
+        embed_file(bad, model=model)
+    with pytest.raises(AudioError, match="missing.wav"):
+        embed_file(tmp_path / "missing.wav", model=model)
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), SR)
+    with pytest.raises(AudioError, match="empty.wav"):
+        embed_file(empty, model=model)
+
+
+def test_embed_files_keeps_going_after_a_bad_file(model, audio_dir):
+    (audio_dir / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    out = dict(embed_files(sorted(audio_dir.rglob("*.*")), model=model))
+    assert isinstance(out[str(audio_dir / "broken.wav")], AudioError)
+    assert sum(not isinstance(v, Exception) for v in out.values()) == 6
+
+
+def test_devices():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no usable GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu(weights_dir):
+    from coala_embed import load_model
+
+    x = noise(10.0)
+    cpu = get_embedding(x, SR, model=load_model(weights_dir, device="cpu"))
+    gpu = get_embedding(x, SR, model=load_model(weights_dir, device="cuda"))
+    np.testing.assert_allclose(gpu, cpu, atol=1e-4, rtol=1e-3)

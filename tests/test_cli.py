@@ -1,0 +1,187 @@
+"""The coala-embed command: outputs, manifest, failures, exit codes, overwrite, shards, merge, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+from conftest import noise
+
+from coala_embed.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def manifest(out):
+    return json.loads(out.with_name(out.stem + ".manifest.json").read_text())
+
+
+def test_embed_folder(audio_dir, weights_dir, tmp_path):
+    out = tmp_path / "feats.npy"
+    r = run(audio_dir, "-o", out, "--weights", weights_dir, "-q")
+    assert r.exit_code == 0, r.output
+    x = np.load(out)
+    m = manifest(out)
+    assert x.shape == (6, 1152) and x.dtype == np.float32
+    paths = [f["path"] for f in m["files"]]
+    assert paths == sorted(paths) and len(paths) == 6
+    assert {"sub/clip0.wav", "clip0.wav"} <= {os.path.relpath(p, audio_dir) for p in paths}  # same names kept apart
+    assert [f["row"] for f in m["files"]] == list(range(6))
+    assert m["model"]["sha256"] and m["frontend"]["sample_rate"] == 22_000 and m["coala_embed_version"]
+    assert all(f["duration"] > 1 for f in m["files"])
+
+
+def test_rows_equal_the_api(audio_dir, weights_dir, tmp_path, model):
+    from coala_embed import embed_file
+
+    out = tmp_path / "feats.npy"
+    run(audio_dir, "-o", out, "--weights", weights_dir, "-q", "--batch-size", "5")
+    for f in manifest(out)["files"]:
+        np.testing.assert_allclose(np.load(out)[f["row"]], embed_file(f["path"], model=model).clip, atol=1e-5)
+
+
+def test_bad_files_do_not_stop_the_run(audio_dir, weights_dir, tmp_path):
+    (audio_dir / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage")
+    (audio_dir / "text.flac").write_text("not audio")
+    sf.write(audio_dir / "empty.wav", np.zeros(0, np.float32), 22_000)
+    good = noise(3.0)
+    sf.write(audio_dir / "truncated.wav", good, 22_000)
+    data = (audio_dir / "truncated.wav").read_bytes()
+    (audio_dir / "truncated.wav").write_bytes(data[: len(data) // 2])
+    nan = noise(3.0)
+    nan[100] = np.nan
+    sf.write(audio_dir / "nan.wav", nan, 22_000, subtype="FLOAT")
+    out = tmp_path / "feats.npy"
+    r = run(audio_dir, "-o", out, "--weights", weights_dir, "-q")
+    assert r.exit_code == 1
+    m = manifest(out)
+    status = {os.path.basename(f["path"]): f["status"] for f in m["files"]}
+    assert status["corrupt.wav"] == status["text.flac"] == status["empty.wav"] == status["nan.wav"] == "error"
+    assert status["truncated.wav"] == "ok"  # libsndfile reads what is there
+    assert np.load(out).shape == (m["summary"]["ok"], 1152) and m["summary"]["ok"] == 7
+    assert "corrupt.wav" in r.output and "failed" in r.output
+    errors = {os.path.basename(f["path"]): f["error"] for f in m["files"] if f["status"] == "error"}
+    assert "NaN" in errors["nan.wav"] and "corrupt.wav" in errors["corrupt.wav"]
+
+
+def test_refuses_to_overwrite(audio_dir, weights_dir, tmp_path):
+    out = tmp_path / "feats.npy"
+    assert run(audio_dir, "-o", out, "--weights", weights_dir, "-q").exit_code == 0
+    r = run(audio_dir, "-o", out, "--weights", weights_dir, "-q")
+    assert r.exit_code == 2 and "add -f" in r.output
+    assert run(audio_dir, "-o", out, "--weights", weights_dir, "-q", "-f").exit_code == 0
+
+
+def test_usage_errors_exit_2(audio_dir, weights_dir, tmp_path):
+    assert run(audio_dir, "-o", tmp_path / "a.npy", "--weights", weights_dir, "--shard", "3/2").exit_code == 2
+    assert run(audio_dir, "-o", tmp_path / "a.npy", "--weights", weights_dir, "--frames").exit_code == 2
+    assert run(tmp_path / "nope", "-o", tmp_path / "a.npy").exit_code == 2
+    r = run(audio_dir, "-o", tmp_path / "a.npy", "--weights", weights_dir, "--device", "cuda:7")
+    assert r.exit_code == 2
+
+
+def test_help_documents_exit_codes():
+    r = run("embed", "--help")
+    assert "Exit status" in r.output and "some files failed" in r.output
+    assert run("--help").exit_code == 0 and run("--version").output.startswith("coala-embed")
+
+
+def test_ext_filter_and_symlink_loop(audio_dir, weights_dir, tmp_path):
+    (audio_dir / "sub" / "loop").symlink_to(audio_dir, target_is_directory=True)
+    out = tmp_path / "f.npy"
+    assert run(audio_dir, "-o", out, "--weights", weights_dir, "-q", "--ext", "flac").exit_code == 0
+    names = [os.path.basename(f["path"]) for f in manifest(out)["files"]]
+    assert names == ["clip1.flac", "tone.flac"]  # the loop back into audio_dir is followed once only
+
+
+def test_npz_with_frames(audio_dir, weights_dir, tmp_path):
+    out = tmp_path / "feats.npz"
+    assert run(audio_dir, "-o", out, "--weights", weights_dir, "-q", "--frames").exit_code == 0
+    z = np.load(out)
+    assert z["embeddings"].shape == (6, 1152) and len(z["paths"]) == 6
+    off = z["frame_offsets"]
+    assert off[0] == 0 and off[-1] == len(z["frames"]) == len(z["frame_times"])
+    for i in range(6):
+        np.testing.assert_allclose(z["frames"][off[i] : off[i + 1]].mean(0), z["embeddings"][i], atol=1e-5)
+
+
+def test_shards_merge_to_the_unsharded_result(audio_dir, weights_dir, tmp_path):
+    (audio_dir / "bad.ogg").write_text("x")
+    full = tmp_path / "full.npy"
+    run(audio_dir, "-o", full, "--weights", weights_dir, "-q")
+    shards = []
+    for k in (1, 2, 3):
+        s = tmp_path / f"shard{k}.npy"
+        run(audio_dir, "-o", s, "--weights", weights_dir, "-q", "--shard", f"{k}/3")
+        shards.append(s)
+    sizes = [len(manifest(s)["files"]) for s in shards]
+    assert sum(sizes) == 7 and max(sizes) - min(sizes) <= 1
+    merged = tmp_path / "merged.npy"
+    r = run("merge", "-o", merged, *shards)
+    assert r.exit_code == 1  # the bad file is still reported
+    np.testing.assert_array_equal(np.load(merged), np.load(full))
+    strip = lambda m: [{k: v for k, v in f.items()} for f in m["files"]]  # noqa: E731
+    assert strip(manifest(merged)) == strip(manifest(full))
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "coala_embed", *map(str, args)]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9(tmp_path, weights_dir):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40):
+        sf.write(folder / f"f{i:02d}.wav", noise(2.0 + (i % 5), seed=i), 22_000)
+    (folder / "f13.wav").write_bytes(b"broken")
+    ref = tmp_path / "ref.npy"
+    subprocess.run(_cli(folder, "-o", ref, "--weights", weights_dir, "-q"), check=False)
+    out = tmp_path / "out.npy"
+    log = tmp_path / "out.npy.partial" / "log.jsonl"
+    rng = np.random.default_rng(0)
+    kills, seen = 0, 0
+    for attempt in range(8):  # kill -9 at different moments until a run gets to the end
+        args = ["--resume"] if attempt else []
+        p = subprocess.Popen(_cli(folder, "-o", out, "--weights", weights_dir, "-q", "--batch-size", "1", "--workers", "1", *args))
+        deadline = time.time() + 60
+        target = seen + 3 + int(rng.integers(0, 4))
+        while time.time() < deadline and p.poll() is None:
+            if log.exists() and log.read_bytes().count(b"\n") >= target:
+                break
+            time.sleep(0.005)
+        time.sleep(float(rng.uniform(0, 0.1)))
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            kills += 1
+        p.wait()
+        if out.exists() and not log.exists():
+            assert p.returncode == 1  # finished: one broken file
+            break
+        seen = log.read_bytes().count(b"\n") if log.exists() else 0
+    else:
+        r = subprocess.run(_cli(folder, "-o", out, "--weights", weights_dir, "-q", "--resume"), check=False)
+        assert r.returncode == 1
+    assert kills >= 2
+    np.testing.assert_array_equal(np.load(out), np.load(ref))
+    a, b = manifest(out), manifest(ref)
+    assert [f["path"] for f in a["files"]] == [f["path"] for f in b["files"]]
+    assert [f["status"] for f in a["files"]] == [f["status"] for f in b["files"]]
+    assert not (tmp_path / "out.npy.partial").exists()
+
+
+def test_interrupted_run_needs_resume_or_force(tmp_path, weights_dir, audio_dir):
+    out = tmp_path / "o.npy"
+    (tmp_path / "o.npy.partial").mkdir()
+    r = run(audio_dir, "-o", out, "--weights", weights_dir, "-q")
+    assert r.exit_code == 2 and "--resume" in r.output
