@@ -232,28 +232,45 @@ def split(labels: np.ndarray, test_size: float = 0.1, seed: int = 0) -> np.ndarr
     return mask
 
 
-def build(data: Path, smoke: bool = False, workers: int = 2) -> Path:
-    """Run every stage; return the corpus folder (``data/corpus`` or ``data/corpus-smoke``)."""
-    t0 = time.time()
+def collect_debian(data: Path) -> tuple[list[dict], dict[str, str]]:
+    """Download, unpack and scan the Debian sources and render the soundfont notes: rows and versions."""
     debs, extracted = data / "debs", data / "extracted"
     packages = list(SOURCES)
-    if smoke:  # small packages only: the whole chain in minutes
-        packages = ["sound-theme-freedesktop", "yaru-theme-sound", "oxygen-sounds", "deepin-sound-theme"]
-    versions = download(packages + list(METADATA_PACKAGES if not smoke else []), debs)
+    versions = download(packages + list(METADATA_PACKAGES), debs)
     for pkg in versions:
         extract(pkg, debs, extracted)
     rows = scan(extracted, [p for p in packages if p in versions])
-    if not smoke:
-        sf_versions = download(list(SOUNDFONTS), debs)
-        versions.update(sf_versions)
-        for pkg, (_, sf2) in SOUNDFONTS.items():
-            if pkg in sf_versions and extract(pkg, debs, extracted):
-                rows += notes.render(extracted / pkg / sf2, data / "rendered" / pkg, pkg)
-    corpus = data / ("corpus-smoke" if smoke else "corpus")
+    sf_versions = download(list(SOUNDFONTS), debs)
+    versions.update(sf_versions)
+    for pkg, (_, sf2) in SOUNDFONTS.items():
+        if pkg in sf_versions and extract(pkg, debs, extracted):
+            rows += notes.render(extracted / pkg / sf2, data / "rendered" / pkg, pkg)
+    return rows, versions
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """A user's own collection: a CSV with columns ``path`` and ``tags`` (free text or space-separated
+    tags; processed exactly as the Debian sounds' raw tags) and optionally ``source``. Relative paths are
+    read from the CSV's folder."""
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            p = Path(r["path"])
+            p = p if p.is_absolute() else path.parent / p
+            rows.append({"path": str(p), "source": r.get("source") or path.stem, "raw_tags": tokenize(r["tags"])})
+    return rows
+
+
+def build(data: Path, rows: list[dict], versions: dict[str, str], name: str = "corpus", min_count: int = 10, workers: int = 2) -> Path:
+    """Tags, vocabulary, log-mels, split and scaler for ``rows``; return the corpus folder ``data/name``."""
+    t0 = time.time()
+    excluded = [r["path"] for r in rows if any(f"/{pkg}/" in r["path"] for pkg in EXCLUDED_PACKAGES)]
+    if excluded:
+        raise ValueError(f"{len(excluded)} files of excluded packages, e.g. {excluded[0]}")
+    corpus = data / name
     corpus.mkdir(parents=True, exist_ok=True)
     for r in rows:
         r["tags"] = normalize(r["raw_tags"])
-    min_count = 2 if smoke else 10
     vocab = build_vocabulary([r["tags"] for r in rows], min_count=min_count)
     vset = set(vocab)
     rows = [r for r in rows if any(t in vset for t in r["tags"])]
@@ -345,12 +362,44 @@ def corpus_stats(rows, labels, vocab, versions, seconds) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
-    p.add_argument("--smoke", action="store_true", help="a tiny corpus from four small packages")
+    p.add_argument("--manifest", type=Path, help="build from your own CSV (path, tags) instead of the Debian sources")
+    p.add_argument("--smoke", action="store_true", help="a tiny generated collection, through the --manifest path")
+    p.add_argument("--name", default="corpus", help="corpus folder name inside the data folder")
+    p.add_argument("--min-count", type=int, default=10, help="a tag must be in at least this many sounds")
+    p.add_argument("--hdf5", action="store_true", help="also write the original HDF5 layout (train and validation)")
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    build(data_dir(a.data), smoke=a.smoke, workers=a.workers)
+    data = data_dir(a.data)
+    if a.smoke:
+        from .smoke import make_collection
+
+        rows, versions, min_count = read_manifest(make_collection(data / "smoke-audio")), {}, 2
+    elif a.manifest:
+        rows, versions, min_count = read_manifest(a.manifest), {}, a.min_count
+    else:
+        rows, versions = collect_debian(data)
+        min_count = a.min_count
+    corpus = build(data, rows, versions, name=a.name, min_count=min_count, workers=a.workers)
+    if a.hdf5:
+        export_hdf5(corpus)
     return 0
+
+
+def export_hdf5(corpus: Path) -> tuple[Path, Path]:
+    """Write the corpus's max-energy patches, scaled, in the authors' layout: ``train.h5`` and ``val.h5``."""
+    from .patches import write_hdf5
+
+    z = np.load(corpus / "index.npz")
+    logmel = np.load(corpus / "logmel.npy", mmap_mode="r")
+    starts = z["max_energy_start"]
+    data = np.stack([logmel[:, s : s + 96] for s in starts]).astype(np.float32) * z["scaler_scale"] + z["scaler_min"]
+    ids = np.arange(1, len(starts) + 1)
+    out = []
+    for name, mask in (("train.h5", ~z["val"]), ("val.h5", z["val"])):
+        write_hdf5(corpus / name, ids[mask], data[mask], z["labels"][mask])
+        out.append(corpus / name)
+    return out[0], out[1]
 
 
 if __name__ == "__main__":

@@ -54,8 +54,19 @@ def git_commit() -> str:
         return "unknown"
 
 
-def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt") -> Path:
+def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", recipe: str | None = None) -> Path:
+    """Write ``out/config.json`` + ``out/model.safetensors`` for the run's checkpoint; ``recipe`` (a name in
+    ``training.evaluate.RECIPES``) sets the default clip recipe chosen on the validation splits."""
+    import dataclasses
+
     model, meta = build_model(run, corpus, checkpoint)
+    if recipe:
+        from .evaluate import RECIPES
+
+        changes, stat = RECIPES[recipe]
+        if stat != "mean":
+            raise SystemExit(f"recipe {recipe!r} changes the embedding size; only mean-pooled recipes can be the default")
+        model.config = dataclasses.replace(model.config, frontend=dataclasses.replace(model.config.frontend, **changes))
     stats = json.loads((corpus / "stats.json").read_text()) if (corpus / "stats.json").exists() else {}
     info = {
         "variant": meta["run"].get("name", meta["run"]["variant"]),
@@ -73,6 +84,88 @@ def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt") -> P
     return save_pretrained(model, out, trained=True, info=info)
 
 
+def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
+    """The Hugging Face model card (``README.md`` with a YAML header), from the exported config, the
+    corpus statistics and the evaluation tables: every number in it was measured by the pipeline."""
+    cfg = json.loads((folder / "config.json").read_text())
+    info = cfg["info"]
+    stats = json.loads((corpus / "stats.json").read_text()) if (corpus / "stats.json").exists() else {}
+    tables = {s: (eval_dir / f"results_{s}.md").read_text() for s in ("val", "test") if (eval_dir / f"results_{s}.md").exists()}
+    sources = "\n".join(
+        f"| {k} | {v.get('version', '')} | {v['files']} | {v['hours']} | {v.get('licence', '')} |"
+        for k, v in sorted(stats.get("sources", {}).items(), key=lambda kv: -kv[1]["files"])
+    )
+    fe = cfg["frontend"]
+    hours = info.get("training_seconds") or 0
+    text = f"""---
+library_name: coala-embed
+license: mit
+tags:
+- audio
+- audio-embedding
+- representation-learning
+- coala
+pipeline_tag: feature-extraction
+---
+
+# COALA audio encoder (AE-C), trained by coala-embed
+
+A {cfg["model"]["embedding_dim"]}-d audio embedding from COALA (Favory, Drossos, Virtanen, Serra: "COALA: Co-Aligned
+Autoencoders for Learning Semantically Enriched Audio Representations", ICML 2020 workshop on Self-supervision in
+Audio and Speech): a convolutional autoencoder on log-mel patches and an autoencoder on the sounds' tags, whose
+latent codes are aligned by a contrastive loss. This checkpoint holds the audio encoder with its projection
+head, the tag encoder with its projection head ({cfg["model"]["n_tags"]} tags, for zero-shot tagging), and
+the min-max scaler of the training patches.
+
+```python
+from coala_embed import get_embedding, load_model
+model = load_model()                 # this checkpoint is the package's default
+emb = get_embedding(audio, sr, model=model)   # [1152] float32
+```
+
+## Training
+
+- Variant: {info.get("variant")} (loss weights 5 / 5 / 10, tau 0.1), optimiser {info.get("optimizer")} lr {info.get("lr")},
+  batch 128, patch mode `{info.get("patch_mode")}`; bf16 autocast + channels-last on the CPU.
+- Samples seen: {info.get("samples_seen")} patch-samples ({(info.get("epoch") or 0) + 1} epochs) in {hours / 3600:.1f} h on
+  {info.get("machine")}; checkpoint with the lowest validation loss; commit {info.get("commit")}.
+- Validation losses: {json.dumps({k: round(v, 4) for k, v in info.get("validation_losses", {}).items()})}
+- Front-end: {fe["sample_rate"]} Hz, STFT {fe["n_fft"]}/{fe["hop_length"]}, {fe["n_mels"]} Slaney mel bands, natural log,
+  96-frame patches (2.23 s); clip recipe `{fe["pooling"]}` with a patch hop of {fe["chunk_hop"]} frames.
+
+## Training data
+
+{stats.get("sounds")} sounds ({stats.get("hours")} h, {stats.get("multi_patch_windows")} training windows) from Debian packages of game
+and desktop sounds, voice prompts, samples and General MIDI notes rendered with fluidsynth; {stats.get("vocabulary")} tags
+from their paths, texts and transcripts ({stats.get("tags_per_sound")} per sound). Built by `training/corpus.py`.
+
+| source package | version | files | hours | licence |
+|---|---|---|---|---|
+{sources}
+
+## Evaluation
+
+Held-out tasks never seen in training (`training/tasks.py`): spoken digits (FSDD), sound events (0ad-data),
+instrument families (GM notes from musescore-general-soundfont, unseen instruments). Protocol of the paper:
+StandardScaler + MLP(256), accuracy (%). MFCC is the paper's 120-d baseline; `random` is this encoder with random
+weights.
+
+### Test split
+{tables.get("test", "(not run)")}
+### Validation split (used for every choice)
+{tables.get("val", "(not run)")}
+
+## Limits
+
+- Trained on about {stats.get("hours")} h of game, desktop and synthesised sounds, not on Freesound: far less data than the
+  paper's 190k sounds, and tags from file paths are noisy. Expect weaker results than the paper's.
+- Clips shorter than one patch (2.23 s) are zero-padded; very short sounds get a single patch.
+- Zero-shot tags come from a {cfg["model"]["n_tags"]}-word vocabulary of game and desktop sounds.
+"""
+    (folder / "README.md").write_text(text)
+    return folder / "README.md"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
@@ -80,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="corpus")
     p.add_argument("--checkpoint", default="best.pt")
     p.add_argument("--out", default="weights")
+    p.add_argument("--recipe", default=None, help="default clip recipe (see training/evaluate.py), chosen on validation")
+    p.add_argument("--card", type=Path, default=None, help="evaluation folder: also write the model card README.md")
     a = p.parse_args(argv)
     root = data_dir(a.data)
     run = Path(a.run) if a.run else root / "runs" / "ae_c"
-    folder = export(run, root / a.corpus, Path(a.out), a.checkpoint)
+    folder = export(run, root / a.corpus, Path(a.out), a.checkpoint, a.recipe)
+    if a.card:
+        write_card(folder, root / a.corpus, a.card)
     print(f"exported {run / a.checkpoint} to {folder}")
     return 0
 

@@ -53,6 +53,9 @@ DEFAULTS: dict = {
     "channels_last": True,
     "fast_dropout": True,  # FastDropout: same dropout, mask from random bytes (bernoulli_ is slow on CPU)
     "corpus": "corpus",
+    "hdf5_train": "",  # train on the authors' HDF5 files instead (dataset/{data,label,id})
+    "hdf5_val": "",
+    "vocabulary": "",  # with HDF5: the tag order, e.g. json/id2token_top_1000.json
     "threads": 0,  # 0: all cores
 }
 
@@ -62,6 +65,8 @@ class PatchData:
     """The corpus's log-mels in memory and vectorised patch gathering: no Python work per sample."""
 
     def __init__(self, corpus: Path, cfg: dict) -> None:
+        if cfg.get("hdf5_train"):
+            return self._from_hdf5(cfg)
         self.logmel = torch.from_numpy(np.load(corpus / "logmel.npy"))  # [96, F] float16
         z = np.load(corpus / "index.npz")
         self.labels = torch.from_numpy(z["labels"].astype(np.float32))
@@ -89,6 +94,28 @@ class PatchData:
         val_ids = np.flatnonzero(val)
         self.val_start = torch.from_numpy(best[val_ids].astype(np.int64))
         self.val_sound = torch.from_numpy(val_ids.astype(np.int64))
+        self._ar = torch.arange(PATCH)
+
+    def _from_hdf5(self, cfg: dict) -> None:
+        """The authors' HDF5 files (already scaled max-energy patches, multi-hot labels), laid end to end
+        as one spectrogram so that the same gathering code serves them; the scaler is then the identity."""
+        from .patches import read_hdf5
+
+        _, tr, ytr = read_hdf5(cfg["hdf5_train"])
+        _, va, yva = read_hdf5(cfg["hdf5_val"])
+        patches = np.concatenate([tr, va])
+        self.logmel = torch.from_numpy(patches.transpose(1, 0, 2).reshape(patches.shape[1], -1).astype(np.float16))
+        self.labels = torch.from_numpy(np.concatenate([ytr, yva]).astype(np.float32))
+        self.scaler_min, self.scaler_scale = torch.zeros(PATCH), torch.ones(PATCH)
+        vocab_file = cfg.get("vocabulary")
+        self.vocabulary = json.loads(Path(vocab_file).read_text()) if vocab_file else [str(i) for i in range(self.labels.shape[1])]
+        if isinstance(self.vocabulary, dict):  # the original id2token_top_1000.json
+            self.vocabulary = [self.vocabulary[str(i)] for i in range(len(self.vocabulary))]
+        n_tr = len(tr)
+        starts = torch.arange(len(patches)) * PATCH
+        self.train_start = self.train_last = starts[:n_tr]
+        self.train_sound = torch.arange(n_tr)
+        self.val_start, self.val_sound = starts[n_tr:], torch.arange(n_tr, len(patches))
         self._ar = torch.arange(PATCH)
 
     def patches(self, starts: torch.Tensor) -> torch.Tensor:
@@ -168,7 +195,9 @@ def validate(cfg, models, data: PatchData, device, autocast) -> dict[str, float]
     sums: dict[str, float] = {}
     n = 0
     bs = cfg["batch_size"]
-    for i in range(0, len(data.val_start) - bs + 1, bs):  # drop_last, as the original
+    # Every validation patch, the last partial batch included (BN uses running statistics in eval mode, so
+    # batch boundaries do not matter); the original dropped it, which leaves tiny validation sets empty.
+    for i in range(0, len(data.val_start), bs):
         x = data.patches(data.val_start[i : i + bs]).to(device)
         t = data.labels[data.val_sound[i : i + bs]].to(device)
         if cfg["channels_last"]:
@@ -176,8 +205,8 @@ def validate(cfg, models, data: PatchData, device, autocast) -> dict[str, float]
         with autocast():
             losses = step_losses(cfg, models, x, t)
         for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        n += 1
+            sums[k] = sums.get(k, 0.0) + float(v) * len(x)
+        n += len(x)
     for m in models.values():
         m.train()
     out = {k: v / max(n, 1) for k, v in sums.items()}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Reproduce weights/ end to end: corpus -> AE-C, E-C, CNN -> evaluation tasks -> evaluation -> export.
+# Every stage resumes where it stopped and is skipped when done.
+#
+#   bash training/run.sh              # the full run (data in $COALA_EMBED_DATA or ~/.cache/coala-embed)
+#   bash training/run.sh --smoke      # the whole chain on a tiny generated corpus, in minutes
+#   bash training/run.sh --skip corpus,ec,cnn --until evaluate
+#
+# Stages: corpus ae_c ec cnn tasks evaluate export
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SMOKE=0
+SKIP=""
+UNTIL="export"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) SMOKE=1 ;;
+    --skip) SKIP="$2"; shift ;;
+    --until) UNTIL="$2"; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+DATA="${COALA_EMBED_DATA:-$HOME/.cache/coala-embed}"
+PY="${PYTHON:-python}"
+if [ "$SMOKE" = 1 ]; then
+  DATA="$DATA/smoke"
+  TRAIN_SET=(max_samples=512 min_samples=512 batch_size=32 checkpoint_minutes=0.05)
+  EVAL_ARGS=(--seeds 2)
+  OUT="$DATA/weights"
+else
+  TRAIN_SET=()
+  EVAL_ARGS=(--seeds 10 --loso)
+  OUT="weights"
+fi
+export COALA_EMBED_DATA="$DATA"
+mkdir -p "$DATA/logs"
+
+stage() {  # stage NAME: true when it should run
+  case ",$SKIP," in *",$1,"*) echo "== skip $1"; return 1 ;; esac
+  echo "== $1 ($(date -u +%H:%M:%S))"
+}
+stop_after() { [ "$UNTIL" = "$1" ] && { echo "== stopped after $1"; exit 0; }; return 0; }
+
+if stage corpus; then
+  if [ "$SMOKE" = 1 ]; then
+    $PY -m training.corpus --smoke
+  else
+    $PY -m training.corpus
+  fi
+fi
+stop_after corpus
+
+for variant in ae_c e_c cnn; do
+  name="$variant"; [ "$variant" = e_c ] && name=ec
+  if stage "$name"; then
+    if [ -e "$DATA/runs/$variant/DONE" ]; then
+      echo "   $variant already trained"
+    else
+      $PY -m training.train "training/configs/$variant.json" ${TRAIN_SET[@]+--set "${TRAIN_SET[@]}"} 2>&1 | tee -a "$DATA/logs/$variant.log"
+    fi
+  fi
+  stop_after "$name"
+done
+
+if stage tasks; then
+  if [ "$SMOKE" = 1 ]; then
+    $PY -c "from pathlib import Path; from training.smoke import make_tasks; make_tasks(Path('$DATA'))"
+  else
+    $PY -m training.tasks
+  fi
+fi
+stop_after tasks
+
+if stage evaluate; then
+  $PY -m training.evaluate --model ae_c --model e_c --model cnn --model random --split val "${EVAL_ARGS[@]}"
+  $PY -m training.evaluate --model ae_c --model e_c --model cnn --model random --split test "${EVAL_ARGS[@]}"
+fi
+stop_after evaluate
+
+if stage export; then
+  $PY -m training.export --run "$DATA/runs/ae_c" --out "$OUT" --card "$DATA/eval"
+fi
+echo "== done: $OUT"
