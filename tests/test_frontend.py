@@ -35,7 +35,9 @@ def librosa_log_mel(y: np.ndarray) -> np.ndarray:
 
 
 def test_filterbank_equals_librosa_slaney():
-    ref = librosa.filters.mel(sr=22_000, n_fft=1024, n_mels=96, fmin=0, fmax=11_000, htk=False, norm="slaney", dtype=np.float64)
+    ref = librosa.filters.mel(
+        sr=22_000, n_fft=1024, n_mels=96, fmin=0, fmax=11_000, htk=False, norm="slaney", dtype=np.float64
+    )
     np.testing.assert_allclose(mel_filterbank(22_000, 1024, 96, 0.0, 11_000.0), ref, rtol=1e-10, atol=1e-14)
 
 

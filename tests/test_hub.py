@@ -53,7 +53,9 @@ def test_wrong_keys_are_refused(weights_dir, tmp_path):
     del state["audio.fc_audio.0.weight"]
     save_file(state, tmp_path / "w" / "model.safetensors")
     _without_sha(tmp_path / "w")
-    with pytest.raises(CheckpointError, match=r"missing keys \['audio.fc_audio.0.weight'\].*unexpected keys \['extra.weight'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys \['audio.fc_audio.0.weight'\].*unexpected keys \['extra.weight'\]"
+    ):
         load_model(tmp_path / "w")
 
 

@@ -261,7 +261,9 @@ def read_manifest(path: Path) -> list[dict]:
     return rows
 
 
-def build(data: Path, rows: list[dict], versions: dict[str, str], name: str = "corpus", min_count: int = 10, workers: int = 2) -> Path:
+def build(
+    data: Path, rows: list[dict], versions: dict[str, str], name: str = "corpus", min_count: int = 10, workers: int = 2
+) -> Path:
     """Tags, vocabulary, log-mels, split and scaler for ``rows``; return the corpus folder ``data/name``."""
     t0 = time.time()
     excluded = [r["path"] for r in rows if any(f"/{pkg}/" in r["path"] for pkg in EXCLUDED_PACKAGES)]

@@ -91,7 +91,10 @@ def mfcc_features(task: str, rows: list[dict], cache: Path) -> np.ndarray:
         width = min(5, m.shape[1] - (1 - m.shape[1] % 2))  # delta needs an odd width <= frames
         parts = [m]
         if width >= 3:
-            parts += [librosa.feature.delta(m, width=width, order=1, mode="nearest"), librosa.feature.delta(m, width=width, order=2, mode="nearest")]
+            parts += [
+                librosa.feature.delta(m, width=width, order=1, mode="nearest"),
+                librosa.feature.delta(m, width=width, order=2, mode="nearest"),
+            ]
         else:
             parts += [np.zeros_like(m), np.zeros_like(m)]
         return np.concatenate([np.concatenate([p.mean(1), p.var(1)]) for p in parts])
@@ -174,7 +177,14 @@ def evaluate(data: Path, specs: list[str], recipes: list[str], split: str, seeds
         t0 = time.time()
         res = classify(*split_xy(mfcc_features(task, rows, cache), rows, split), seeds)
         results["rows"].append({"task": task, "embedding": "mfcc", "recipe": "-", **res})
-        log.info("%s mfcc: %.4f +- %.4f (logreg %.4f) %.0fs", task, res["mlp_mean"], res["mlp_std"], res["logreg"], time.time() - t0)
+        log.info(
+            "%s mfcc: %.4f +- %.4f (logreg %.4f) %.0fs",
+            task,
+            res["mlp_mean"],
+            res["mlp_std"],
+            res["logreg"],
+            time.time() - t0,
+        )
         if loso and task == "digits":
             r = speaker_folds(mfcc_features(task, rows, cache), rows, 1)
             results["rows"].append({"task": "digits_loso", "embedding": "mfcc", "recipe": "-", **r})
@@ -188,7 +198,16 @@ def evaluate(data: Path, specs: list[str], recipes: list[str], split: str, seeds
                 feats = clip_features(frames, offsets, stat)
                 res = classify(*split_xy(feats, rows, split), seeds)
                 results["rows"].append({"task": task, "embedding": name, "recipe": recipe, **res})
-                log.info("%s %s %s: %.4f +- %.4f (logreg %.4f) %.0fs", task, name, recipe, res["mlp_mean"], res["mlp_std"], res["logreg"], time.time() - t0)
+                log.info(
+                    "%s %s %s: %.4f +- %.4f (logreg %.4f) %.0fs",
+                    task,
+                    name,
+                    recipe,
+                    res["mlp_mean"],
+                    res["mlp_std"],
+                    res["logreg"],
+                    time.time() - t0,
+                )
                 if loso and task == "digits":
                     r = speaker_folds(feats, rows, 1)
                     results["rows"].append({"task": "digits_loso", "embedding": name, "recipe": recipe, **r})
@@ -222,7 +241,9 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
-    p.add_argument("--model", action="append", default=[], help="run name in DATA/runs, 'random', or NAME=FOLDER (repeatable)")
+    p.add_argument(
+        "--model", action="append", default=[], help="run name in DATA/runs, 'random', or NAME=FOLDER (repeatable)"
+    )
     p.add_argument("--recipe", action="append", choices=list(RECIPES), help="clip recipes (default: all)")
     p.add_argument("--split", choices=["val", "test"], default="val")
     p.add_argument("--seeds", type=int, default=10)
@@ -231,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     root = data_dir(a.data)
-    res = evaluate(root, a.model or ["ae_c", "random"], a.recipe or list(RECIPES), a.split, a.seeds, a.out or root / "eval", a.loso)
+    res = evaluate(
+        root, a.model or ["ae_c", "random"], a.recipe or list(RECIPES), a.split, a.seeds, a.out or root / "eval", a.loso
+    )
     print(markdown(res))
     return 0
 

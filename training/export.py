@@ -45,6 +45,21 @@ def build_model(run: Path, corpus: Path, checkpoint: str = "best.pt") -> tuple[C
     return model.eval(), {"run": cfg, "row": saved.get("row", {})}
 
 
+def machine() -> str:
+    """CPU model and core count, e.g. 'Intel(R) Xeon(R) ... (2 cores)'."""
+    import os
+
+    name = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} cores)"
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -65,7 +80,9 @@ def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", reci
 
         changes, stat = RECIPES[recipe]
         if stat != "mean":
-            raise SystemExit(f"recipe {recipe!r} changes the embedding size; only mean-pooled recipes can be the default")
+            raise SystemExit(
+                f"recipe {recipe!r} changes the embedding size; only mean-pooled recipes can be the default"
+            )
         model.config = dataclasses.replace(model.config, frontend=dataclasses.replace(model.config.frontend, **changes))
     stats = json.loads((corpus / "stats.json").read_text()) if (corpus / "stats.json").exists() else {}
     info = {
@@ -78,7 +95,7 @@ def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", reci
         "lr": meta["run"]["lr"],
         "patch_mode": meta["run"]["patch_mode"],
         "corpus": {k: stats.get(k) for k in ("sounds", "hours", "vocabulary", "tags_per_sound")},
-        "machine": f"{platform.machine()} {platform.processor() or ''} (2 CPU cores)".strip(),
+        "machine": machine(),
         "commit": git_commit(),
     }
     return save_pretrained(model, out, trained=True, info=info)
@@ -90,7 +107,11 @@ def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
     cfg = json.loads((folder / "config.json").read_text())
     info = cfg["info"]
     stats = json.loads((corpus / "stats.json").read_text()) if (corpus / "stats.json").exists() else {}
-    tables = {s: (eval_dir / f"results_{s}.md").read_text() for s in ("val", "test") if (eval_dir / f"results_{s}.md").exists()}
+    tables = {
+        s: (eval_dir / f"results_{s}.md").read_text()
+        for s in ("val", "test")
+        if (eval_dir / f"results_{s}.md").exists()
+    }
     sources = "\n".join(
         f"| {k} | {v.get('version', '')} | {v['files']} | {v['hours']} | {v.get('licence', '')} |"
         for k, v in sorted(stats.get("sources", {}).items(), key=lambda kv: -kv[1]["files"])
@@ -173,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", default="corpus")
     p.add_argument("--checkpoint", default="best.pt")
     p.add_argument("--out", default="weights")
-    p.add_argument("--recipe", default=None, help="default clip recipe (see training/evaluate.py), chosen on validation")
+    p.add_argument(
+        "--recipe", default=None, help="default clip recipe (see training/evaluate.py), chosen on validation"
+    )
     p.add_argument("--card", type=Path, default=None, help="evaluation folder: also write the model card README.md")
     a = p.parse_args(argv)
     root = data_dir(a.data)

@@ -21,7 +21,8 @@ class FastDropout(nn.Dropout):
         if not self.training or self.p == 0:
             return x
         n = x.numel()
-        bits = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_()
+        # The full int64 range: a plain random_() stops at 2**63 - 1, which leaves every 8th byte below 128.
+        bits = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device).random_(-(2**63), None)
         u8 = bits.view(torch.uint8)[:n]
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             b, c, h, w = x.shape

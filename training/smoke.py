@@ -64,4 +64,8 @@ def make_tasks(data: Path, seed: int = 1) -> None:
                 sf.write(path, _sound(kind, rng), SR)
                 split = "test" if i < 3 else ("val" if i < 6 else "train")
                 rows.append({"path": str(path), "label": kind, "split": split, "group": str(i)})
-        write_task(folder, rows, {"task": task, "source": "generated (smoke)", "split_rule": "3 test, 3 val, 9 train per class"})
+        write_task(
+            folder,
+            rows,
+            {"task": task, "source": "generated (smoke)", "split_rule": "3 test, 3 val, 9 train per class"},
+        )

@@ -56,7 +56,9 @@ def write_task(folder: Path, rows: list[dict], card: dict) -> None:
         w.writeheader()
         w.writerows(rows)
     (folder / "task.csv.tmp").replace(folder / "task.csv")
-    counts = {s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items())) for s in ("train", "val", "test")}
+    counts = {
+        s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items())) for s in ("train", "val", "test")
+    }
     hours = sum(sf.info(r["path"]).duration for r in rows) / 3600
     card.update(files=len(rows), hours=round(hours, 3), classes=sorted({r["label"] for r in rows}), counts=counts)
     (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")

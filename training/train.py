@@ -108,7 +108,9 @@ class PatchData:
         self.labels = torch.from_numpy(np.concatenate([ytr, yva]).astype(np.float32))
         self.scaler_min, self.scaler_scale = torch.zeros(PATCH), torch.ones(PATCH)
         vocab_file = cfg.get("vocabulary")
-        self.vocabulary = json.loads(Path(vocab_file).read_text()) if vocab_file else [str(i) for i in range(self.labels.shape[1])]
+        self.vocabulary = (
+            json.loads(Path(vocab_file).read_text()) if vocab_file else [str(i) for i in range(self.labels.shape[1])]
+        )
         if isinstance(self.vocabulary, dict):  # the original id2token_top_1000.json
             self.vocabulary = [self.vocabulary[str(i)] for i in range(len(self.vocabulary))]
         n_tr = len(tr)
@@ -359,10 +361,18 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
         done = state["samples"] >= cfg["max_samples"] or (state["samples"] >= cfg["min_samples"] and stalled)
         checkpoint()
         last_ckpt = time.time()
+    if world > 1:  # every rank must hold the same weights: gather a checksum of each and compare
+        local = torch.stack([sum(p.double().sum() for p in m.parameters()) for m in models.values()]).to(device)
+        gathered = [torch.zeros_like(local) for _ in range(world)]
+        dist.all_gather(gathered, local)
+        if rank == 0:
+            agree = all(torch.equal(g, gathered[0]) for g in gathered)
+            (out / "ddp_check.json").write_text(
+                json.dumps({"world": world, "agree": agree, "checksums": [g.tolist() for g in gathered]}) + "\n"
+            )
+        dist.destroy_process_group()
     if rank == 0:
         (out / "DONE").write_text(json.dumps(state["history"][-1]) + "\n")
-    if world > 1:
-        dist.destroy_process_group()
     return out
 
 

@@ -1,0 +1,176 @@
+"""Corpus building: tokens, the paper's tag processing, vocabulary, exclusions, patches, HDF5, archives."""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from training import archives
+from training.corpus import build, download, read_manifest, scan
+from training.patches import fit_scaler, max_energy_start, read_hdf5, window_starts, write_hdf5
+from training.sources import EXCLUDED_PACKAGES, FORBIDDEN_PACKAGES, PRETRAIN_PACKAGES, SOUNDFONTS, SOURCES
+from training.tags import build_vocabulary, multi_hot, normalize, path_tokens, tokenize
+
+
+def test_tokenize_paths():
+    assert tokenize("sounds/BigExplosion_02.ogg") == ["sounds", "Big", "Explosion", "02", "ogg"]
+    assert tokenize("en_US_f_Allison/vm-goodbye") == ["en", "US", "f", "Allison", "vm", "goodbye"]
+    assert tokenize("HTTPServer-down.wav") == ["HTTP", "Server", "down", "wav"]
+
+
+def test_path_tokens_drop_packaging_language_and_numbers():
+    toks = path_tokens("usr/share/games/supertux2/sounds/kick_fr_03.wav", drop=["supertux"])
+    assert [t.lower() for t in toks] == ["kick"]
+    assert "allison" not in [t.lower() for t in path_tokens("sounds/en_US_f_Allison/welcome.wav")]
+
+
+def test_normalize_is_the_papers_processing():
+    raw = ["Dogs", "barking", "the", "a", "field-recording", "x", "dog", "Cars2", "glasses"]
+    # isalpha before lowercasing drops hyphenated and digit tokens; stopwords and 1-letter tokens go;
+    # plurals are singularised; duplicates merged; sorted for reproducibility
+    assert normalize(raw) == ["barking", "dog", "glass"]
+
+
+def test_vocabulary_thresholds_and_order():
+    tags = [["common", "rare"]] * 2 + [["common", "mid"]] * 12 + [["everywhere", "common"]] * 6 + [["everywhere"]] * 10
+    # 30 sounds; common 20 (66%), everywhere 16, mid 12, rare 2 (< min_count)
+    assert build_vocabulary(tags, min_count=10, max_fraction=0.7) == ["common", "everywhere", "mid"]
+    assert build_vocabulary(tags, min_count=10, max_fraction=0.6) == ["everywhere", "mid"]
+    assert build_vocabulary(tags, min_count=10, keep_n=1) == ["common"]
+    m = multi_hot([["mid", "unknown"], []], ["common", "mid"])
+    assert m.tolist() == [[0, 1], [0, 0]]
+
+
+def test_excluded_packages_never_reach_the_corpus(tmp_path):
+    assert not set(PRETRAIN_PACKAGES) & set(EXCLUDED_PACKAGES)
+    assert {"0ad-data", "musescore-general-soundfont"} <= set(EXCLUDED_PACKAGES)
+    assert set(FORBIDDEN_PACKAGES) == {
+        "hedgewars-data", "megaglest-data", "widelands-data", "ktuberling-data", "hydrogen-drumkits", "csound-soundfont", "freepats",
+    }  # fmt: skip
+    for pkg in EXCLUDED_PACKAGES:
+        with pytest.raises(ValueError, match="never"):
+            download([pkg], tmp_path)
+    for pkg in FORBIDDEN_PACKAGES:
+        with pytest.raises(ValueError, match="never"):
+            download([pkg], tmp_path, allow_excluded=True)
+    # an extracted excluded package beside the sources is not scanned...
+    for pkg in ("0ad-data", "sound-theme-freedesktop"):
+        d = tmp_path / "extracted" / pkg / "usr" / "share" / "sounds"
+        d.mkdir(parents=True)
+        sf.write(d / "bell.wav", np.zeros(2000, np.float32), 22_050)
+    rows = scan(tmp_path / "extracted", list(SOURCES))
+    assert [r["source"] for r in rows] == ["sound-theme-freedesktop"]
+    # ...and build() refuses rows from one outright
+    bad = [{"path": str(tmp_path / "extracted" / "0ad-data" / "x.wav"), "source": "x", "raw_tags": ["bell"]}]
+    with pytest.raises(ValueError, match="excluded packages"):
+        build(tmp_path, bad, {})
+    assert set(SOUNDFONTS) <= set(PRETRAIN_PACKAGES)
+
+
+def test_user_manifest_builds_a_corpus(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = ["path,tags"]
+    for i in range(24):
+        kind = ["bells ringing", "dogs barking", "rain falling"][i % 3]
+        sf.write(
+            tmp_path / f"s{i}.wav", 0.1 * rng.standard_normal(int(22_050 * (0.5 + i % 4))).astype(np.float32), 22_050
+        )
+        lines.append(f"s{i}.wav,{kind} take{i}")
+    (tmp_path / "mine.csv").write_text("\n".join(lines) + "\n")
+    rows = read_manifest(tmp_path / "mine.csv")
+    corpus = build(tmp_path, rows, {}, name="mine", min_count=3, workers=1)
+    import json
+
+    vocab = json.loads((corpus / "vocabulary.json").read_text())
+    assert sorted(vocab) == ["barking", "bell", "dog", "falling", "rain", "ringing"]
+    z = np.load(corpus / "index.npz")
+    assert z["labels"].shape == (24, 6) and z["val"].sum() >= 1
+    logmel = np.load(corpus / "logmel.npy")
+    assert logmel.shape[0] == 96 and logmel.dtype == np.float16
+    # the scaler maps every training patch into [0, 1]
+    for s in z["max_energy_start"][~z["val"]]:
+        scaled = logmel[:, s : s + 96].astype(np.float32) * z["scaler_scale"] + z["scaler_min"]
+        assert scaled.min() >= -1e-3 and scaled.max() <= 1 + 1e-3
+    # rerunning gives the same vocabulary and split
+    corpus2 = build(tmp_path, read_manifest(tmp_path / "mine.csv"), {}, name="mine2", min_count=3, workers=1)
+    assert json.loads((corpus2 / "vocabulary.json").read_text()) == vocab
+    assert np.array_equal(np.load(corpus2 / "index.npz")["val"], z["val"])
+
+
+def test_max_energy_patch():
+    spec = np.full((96, 430), -10.0)
+    spec[:, 200:260] = 0.0
+    start = max_energy_start(spec)
+    assert start % 12 == 0 and start <= 200 and start + 96 >= 260
+    assert max_energy_start(np.zeros((96, 430))) == 0  # first maximum on ties
+    assert len(range(0, 430 - 96 + 1, 12)) == 28
+
+
+def test_window_starts():
+    assert window_starts(430, 100).tolist() == [0, 4]
+    assert window_starts(430, 50).tolist() == [0]  # short sound: one window from the start
+    w = window_starts(5000, 5000, max_windows=16)
+    assert len(w) == 16 and w[0] == 0 and w[-1] == 5000 - 96
+
+
+def test_scaler_per_time_column():
+    rng = np.random.default_rng(0)
+    patches = rng.normal(-8, 3, size=(50, 96, 96))
+    patches[:, :, 7] += 5
+    mn, sc = fit_scaler(iter(patches))
+    scaled = patches * sc + mn
+    np.testing.assert_allclose(scaled.min(axis=(0, 1)), 0, atol=1e-5)
+    np.testing.assert_allclose(scaled.max(axis=(0, 1)), 1, atol=1e-5)
+    from sklearn.preprocessing import MinMaxScaler
+
+    ref = MinMaxScaler().fit(patches.reshape(-1, 96))  # the original's orientation: rows are mel bands
+    np.testing.assert_allclose(sc, ref.scale_, rtol=1e-5)
+    np.testing.assert_allclose(mn, ref.min_, rtol=1e-5, atol=1e-6)
+
+
+def test_hdf5_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.random((5, 96, 96)).astype(np.float32)
+    labels = (rng.random((5, 1000)) < 0.01).astype(np.int16)
+    ids = np.array([11, 12, 13, 14, 0])
+    data[4] = 0  # a trailing all-zero row, as the original script could leave
+    write_hdf5(tmp_path / "spec_tags_top_1000", ids, data, labels)
+    import h5py
+
+    with h5py.File(tmp_path / "spec_tags_top_1000") as f:
+        assert f["dataset/id"].shape == (5, 1) and f["dataset/id"].dtype == np.int32
+        assert f["dataset/data"].dtype == np.float32 and f["dataset/label"].dtype == np.int16
+    i2, d2, l2 = read_hdf5(tmp_path / "spec_tags_top_1000")
+    assert i2.tolist() == [11, 12, 13, 14]
+    np.testing.assert_array_equal(d2, data[:4])
+    np.testing.assert_array_equal(l2, labels[:4])
+
+
+def test_archives(tmp_path):
+    buf = tmp_path / "w.wav"
+    sf.write(buf, np.zeros(1000, np.float32), 8000)
+    wav = buf.read_bytes()
+    with zipfile.ZipFile(tmp_path / "pak0.pk3", "w") as z:
+        z.writestr("sound/weapons/shot.wav", wav)
+        z.writestr("textures/wall.png", b"png")
+        z.writestr("../../evil.wav", wav)
+    title = b'"Splat (docks/canals)". By someone.\x00'
+    entry = bytes([len(title)]) + title + wav
+    cat = struct.pack("<II", 0x80000008, len(wav)) + entry
+    (tmp_path / "sfx.cat").write_bytes(cat)
+    pcm = bytes(range(0, 256, 2)) * 2
+    lump = struct.pack("<HHI", 3, 11025, len(pcm) + 32) + b"\x80" * 16 + pcm + b"\x80" * 16
+    wad = b"IWAD" + struct.pack("<II", 1, 12 + len(lump)) + lump + struct.pack("<II8s", 12, len(lump), b"DSPISTOL")
+    (tmp_path / "doom.wad").write_bytes(wad)
+    n = archives.unpack_all(tmp_path, (".wav",), (".pk3",))
+    out = tmp_path / archives.UNPACKED
+    assert n == 4
+    assert (out / "pak0" / "sound" / "weapons" / "shot.wav").exists()
+    assert not (tmp_path.parent / "evil.wav").exists()
+    assert [p.name for p in (out / "sfx").iterdir()] == ["000 Splat _docks_canals_.wav"]
+    x, sr = sf.read(out / "doom" / "pistol.wav")
+    assert sr == 11025 and len(x) == len(pcm)

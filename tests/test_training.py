@@ -1,0 +1,176 @@
+"""Training: the paper's models and losses, FastDropout, resume after kill -9, HDF5 input, DDP, run.sh --smoke."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.losses import generalised_kl, nt_xent, tag_bce
+from training.models import CNN, AudioDecoder, FastDropout, TagDecoder, use_fast_dropout
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_decoder_and_cnn_keys_match_the_original():
+    from test_model import _original_keys
+
+    for module, section in ((AudioDecoder(), "AudioDecoder"), (TagDecoder(1000), "TagDecoder"), (CNN(1000), "CNN")):
+        assert {k: list(v.shape) for k, v in module.state_dict().items()} == _original_keys(section), section
+    assert sum(p.numel() for p in AudioDecoder().parameters()) == 1_052_163
+    assert sum(p.numel() for p in TagDecoder(1000).parameters()) == 1_370_040
+    assert sum(p.numel() for p in CNN(1000).parameters()) == 3_533_800
+
+
+def test_generalised_kl_formula():
+    x, xh = torch.rand(2, 1, 96, 96), torch.rand(2, 1, 96, 96)
+    ref = (x * (torch.log(x + 1e-5) - torch.log(xh + 1e-5)) + (xh - x)).sum(-1).mean()
+    torch.testing.assert_close(generalised_kl(xh, x), ref)
+    assert generalised_kl(x, x).abs() < 1e-6
+
+
+def test_nt_xent_against_a_plain_loop():
+    torch.manual_seed(0)
+    a, t = torch.randn(4, 8), torch.randn(4, 8)
+    z = torch.cat([a, t])
+    n, loss = 4, 0.0
+    for i in range(2 * n):
+        sims = [torch.exp(torch.cosine_similarity(z[i], z[j], dim=0) / 0.1) for j in range(2 * n) if j != i]
+        pos = torch.exp(torch.cosine_similarity(z[i], z[(i + n) % (2 * n)], dim=0) / 0.1)
+        loss += -torch.log(pos / sum(sims) + 1e-5)
+    torch.testing.assert_close(nt_xent(a, t, 0.1), loss / (2 * n), rtol=1e-5, atol=1e-5)
+    assert nt_xent(a, a * 3, 0.1) < nt_xent(a, t, 0.1)  # aligned pairs cost less
+
+
+def test_tag_bce():
+    p = torch.tensor([[0.9, 0.1]])
+    y = torch.tensor([[1.0, 0.0]])
+    torch.testing.assert_close(tag_bce(p, y), -torch.log(torch.tensor(0.9)))
+
+
+def test_fast_dropout_is_dropout():
+    torch.manual_seed(0)
+    d = FastDropout(0.25).train()
+    x = torch.ones(64, 128, 24, 24).contiguous(memory_format=torch.channels_last)
+    y = d(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.75) < 0.005
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.75))
+    assert abs(y.mean().item() - 1.0) < 0.01  # expectation preserved
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(d.eval()(x), x)
+    m = use_fast_dropout(AudioDecoder())
+    assert sum(isinstance(k, FastDropout) for k in m.modules()) == 4
+    assert not any(type(k) is torch.nn.Dropout for k in m.modules())
+
+
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("data")
+    r = subprocess.run([sys.executable, "-m", "training.corpus", "--data", str(data), "--smoke", "--hdf5", "--workers", "1"],
+                       cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    return data
+
+
+def _train(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    sets = ["max_samples=1536", "min_samples=1536", "batch_size=16", "threads=1", "checkpoint_minutes=0.005", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.train",
+        "training/configs/ae_c.json",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--set",
+        *sets,
+    ]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "ckpt.pt", weights_only=True)["models"]["audio_encoder"]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_continues_exactly(smoke_data, tmp_path):
+    ref = tmp_path / "ref"
+    assert _train(smoke_data, ref).wait() == 0
+    out = tmp_path / "run"
+    p = _train(smoke_data, out)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        if (
+            (out / "ckpt.pt").exists()
+            and (out / "steps.csv").exists()
+            and (out / "steps.csv").read_text().count("\n") >= 3
+        ):
+            break
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (out / "DONE").exists()
+    p = _train(smoke_data, out)
+    log, _ = p.communicate(timeout=300)
+    assert p.returncode == 0 and "resumed from" in log
+    a, b = _weights(out), _weights(ref)
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)  # same steps, same data, same RNG: identical
+    assert (out / "losses.csv").exists() and (out / "losses.png").exists() and (out / "best.pt").exists()
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 16
+
+
+@pytest.mark.slow
+def test_trains_from_the_original_hdf5_layout(smoke_data, tmp_path):
+    corpus = smoke_data / "corpus"
+    p = _train(smoke_data, tmp_path / "h5", f"hdf5_train={corpus / 'train.h5'}", f"hdf5_val={corpus / 'val.h5'}",
+               f"vocabulary={corpus / 'vocabulary.json'}", "max_samples=64", "min_samples=64")  # fmt: skip
+    log, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, log[-2000:]
+    row = json.loads((tmp_path / "h5" / "DONE").read_text())
+    assert row["val_contrastive"] > 0
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_agree(smoke_data, tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", port, "-m", "training.train",
+           "training/configs/ae_c.json", "--data", str(smoke_data), "--out", str(out),
+           "--set", "max_samples=256", "min_samples=256", "batch_size=16", "threads=1"]  # fmt: skip
+    r = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    check = json.loads((out / "ddp_check.json").read_text())
+    assert check["world"] == 2 and check["agree"]
+
+
+@pytest.mark.slow
+def test_run_sh_smoke(tmp_path):
+    env = {**os.environ, "COALA_EMBED_DATA": str(tmp_path)}
+    r = subprocess.run(
+        ["bash", "training/run.sh", "--smoke"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    weights = tmp_path / "smoke" / "weights"
+    from coala_embed import load_model
+
+    model = load_model(weights, device="cpu")
+    assert model.config.trained and len(model.config.tags) > 5
+    assert "## Evaluation" in (weights / "README.md").read_text()
+    results = json.loads((tmp_path / "smoke" / "eval" / "results_test.json").read_text())
+    assert {r["embedding"] for r in results["rows"]} >= {"mfcc", "ae_c", "e_c", "cnn", "random"}
