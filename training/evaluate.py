@@ -146,7 +146,7 @@ def classify(xtr, ytr, xte, yte, seeds: int) -> dict:
         for seed in range(seeds):
             clf = MLPClassifier(hidden_layer_sizes=(256,), random_state=seed).fit(xtr, ytr)
             accs.append(float(clf.score(xte, yte)))
-        logreg = float(LogisticRegression(max_iter=2000).fit(xtr, ytr).score(xte, yte))
+        logreg = float(LogisticRegression(max_iter=300).fit(xtr, ytr).score(xte, yte))
     return {"mlp_mean": float(np.mean(accs)), "mlp_std": float(np.std(accs)), "mlp_runs": accs, "logreg": logreg}
 
 

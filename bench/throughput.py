@@ -1,0 +1,150 @@
+"""Inference throughput, measured in one run on this machine (not a test).
+
+Prints: the conv throughput ceiling of this CPU for the encoder's layers (GMAC/s of the same convolutions at a
+large batch), the encoder's patches/s and its share of that ceiling (fp32 and bf16), the front-end's speed, the
+end-to-end CLI speed in x real time on a generated folder of 200 files (44.1 kHz stereo WAV/FLAC/OGG, 5-60 s),
+and the peak RSS of the CLI on a 1-hour file.
+
+    python bench/throughput.py [--weights DIR] [--files 200] [--device cpu|cuda] [--skip-rss]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from coala_embed import CoalaConfig, CoalaModel, load_model, save_pretrained
+from coala_embed.api import embed_patches
+from coala_embed.config import FrontendConfig
+from coala_embed.frontend import log_mel
+
+# (in_channels, out_channels, input size) of the five Conv(k4, s2, p1) layers
+LAYERS = [(1, 128, 96), (128, 128, 48), (128, 128, 24), (128, 128, 12), (128, 128, 6)]
+
+
+def macs_per_patch() -> int:
+    return sum(cin * cout * 16 * (size // 2) ** 2 for cin, cout, size in LAYERS)
+
+
+def timeit(fn, repeat: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+@torch.inference_mode()
+def conv_ceiling(device: torch.device, dtype: torch.dtype) -> float:
+    """GMAC/s of the encoder's convolutions run one by one, each at its fastest of several large batches
+    (channels-last, no BN, no ReLU): the time for one patch is the sum of the layers' best times."""
+    per_patch_s = 0.0
+    for cin, cout, size in LAYERS:
+        conv = torch.nn.Conv2d(cin, cout, 4, 2, 1).to(device).to(memory_format=torch.channels_last)
+        best = float("inf")
+        for batch in (32, 64, 128, 512):
+            x = torch.randn(batch, cin, size, size, device=device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                best = min(best, timeit(lambda conv=conv, x=x: conv(x)) / batch)
+        per_patch_s += best
+    return macs_per_patch() / per_patch_s / 1e9
+
+
+def encoder_speed(model: CoalaModel, precision: str, batch: int = 64, n: int = 512) -> float:
+    patches = torch.randn(n, 96, 96) - 6
+    t = timeit(lambda: embed_patches(model, patches, batch, precision), repeat=3)
+    return n / t
+
+
+def make_folder(folder: Path, n: int) -> float:
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for i in range(n):
+        seconds = float(rng.uniform(5, 60))
+        total += seconds
+        t = np.arange(int(seconds * 44_100)) / 44_100
+        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t)[:, None]
+        x = (tone + 0.05 * rng.standard_normal((len(t), 2))).astype(np.float32)
+        ext = ("wav", "flac", "ogg")[i % 3]
+        with sf.SoundFile(folder / f"f{i:03d}.{ext}", "w", 44_100, 2) as f:
+            for k in range(0, len(x), 44_100):  # in blocks: libsndfile's Vorbis encoder crashes on long writes
+                f.write(x[k : k + 44_100])
+    return total
+
+
+def cli(args: list[str]) -> tuple[float, int]:
+    """Wall time and peak RSS (MB) of one CLI run in a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "coala_embed", *args], check=True)
+    wall = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, max(peak, before) // 1024
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default=None, help="checkpoint folder (default: a random one; speed does not depend on it)")
+    p.add_argument("--files", type=int, default=200)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--skip-rss", action="store_true")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    tmp = Path(tempfile.mkdtemp(prefix="coala-bench-"))
+    weights = a.weights
+    if weights is None:
+        weights = str(tmp / "weights")
+        save_pretrained(CoalaModel(CoalaConfig()), weights, trained=False)
+    model = load_model(weights, device=device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    res: dict = {}
+    macs = macs_per_patch()
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        ceiling = conv_ceiling(device, dtype)
+        speed = encoder_speed(model, name, a.batch_size)
+        res[name] = {"ceiling_gmacs": ceiling, "patches_per_s": speed, "share": speed * macs / 1e9 / ceiling}
+        print(f"[{name}] conv ceiling {ceiling:6.1f} GMAC/s | encoder {speed:7.1f} patches/s = {speed * macs / 1e9:6.1f} GMAC/s "
+              f"= {100 * res[name]['share']:.0f}% of the ceiling | {speed * FrontendConfig().patch_seconds:7.0f}x real time")  # fmt: skip
+    audio = np.random.default_rng(0).standard_normal(22_000 * 600).astype(np.float32)
+    t = timeit(lambda: log_mel(audio, FrontendConfig()), repeat=2)
+    print(f"front-end (log-mel, float64 STFT, one thread of work): {600 / t:7.0f}x real time")
+    folder = tmp / "audio"
+    folder.mkdir()
+    hours = make_folder(folder, a.files) / 3600
+    out = tmp / "feats.npy"
+    wall, _ = cli([str(folder), "-o", str(out), "--weights", weights, "-q", "-f", "--device", a.device, "--workers", str(a.workers),
+                   "--batch-size", str(a.batch_size), "--precision", a.precision])  # fmt: skip
+    res["e2e_x_realtime"] = hours * 3600 / wall
+    print(f"end to end: {a.files} files, {hours:.2f} h of audio in {wall:.1f} s = {res['e2e_x_realtime']:.0f}x real time ({a.precision})")
+    if not a.skip_rss:
+        long = tmp / "hour.flac"
+        with sf.SoundFile(long, "w", 44_100, 2, format="FLAC") as f:
+            rng = np.random.default_rng(1)
+            for _ in range(60):
+                f.write((0.05 * rng.standard_normal((44_100 * 60, 2))).astype(np.float32))
+        wall, rss = cli([str(long), "-o", str(tmp / "hour.npy"), "--weights", weights, "-q", "-f", "--device", a.device])
+        res["rss_1h_mb"] = rss
+        print(f"1-hour 44.1 kHz stereo FLAC: peak RSS {rss} MB, {3600 / wall:.0f}x real time")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
