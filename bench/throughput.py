@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -99,7 +98,9 @@ def cli(args: list[str]) -> tuple[float, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=None, help="checkpoint folder (default: a random one; speed does not depend on it)")
+    p.add_argument(
+        "--weights", default=None, help="checkpoint folder (default: a random one; speed does not depend on it)"
+    )
     p.add_argument("--files", type=int, default=200)
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=2)
@@ -133,14 +134,18 @@ def main() -> None:
     wall, _ = cli([str(folder), "-o", str(out), "--weights", weights, "-q", "-f", "--device", a.device, "--workers", str(a.workers),
                    "--batch-size", str(a.batch_size), "--precision", a.precision])  # fmt: skip
     res["e2e_x_realtime"] = hours * 3600 / wall
-    print(f"end to end: {a.files} files, {hours:.2f} h of audio in {wall:.1f} s = {res['e2e_x_realtime']:.0f}x real time ({a.precision})")
+    print(
+        f"end to end: {a.files} files, {hours:.2f} h of audio in {wall:.1f} s = {res['e2e_x_realtime']:.0f}x real time ({a.precision})"
+    )
     if not a.skip_rss:
         long = tmp / "hour.flac"
         with sf.SoundFile(long, "w", 44_100, 2, format="FLAC") as f:
             rng = np.random.default_rng(1)
             for _ in range(60):
                 f.write((0.05 * rng.standard_normal((44_100 * 60, 2))).astype(np.float32))
-        wall, rss = cli([str(long), "-o", str(tmp / "hour.npy"), "--weights", weights, "-q", "-f", "--device", a.device])
+        wall, rss = cli(
+            [str(long), "-o", str(tmp / "hour.npy"), "--weights", weights, "-q", "-f", "--device", a.device]
+        )
         res["rss_1h_mb"] = rss
         print(f"1-hour 44.1 kHz stereo FLAC: peak RSS {rss} MB, {3600 / wall:.0f}x real time")
     print(json.dumps(res))

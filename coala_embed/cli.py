@@ -34,6 +34,7 @@ def main() -> None:
       coala-embed merge -o all.npy shard1.npy shard2.npy
       coala-embed tags dog.wav                       zero-shot tags of a sound
       coala-embed search feats.npy "dog bark"        rank embedded files by words
+      coala-embed convert --audio-encoder a.pt ...   the authors' checkpoints to safetensors
 
     Run `coala-embed embed --help` for all options of the default command.
     """
@@ -203,6 +204,112 @@ def merge_cmd(shards, out, force) -> None:
     except (CoalaEmbedError, OSError, KeyError, ValueError) as e:
         raise click.UsageError(f"cannot merge: {e}") from e
     _report(manifest, out)
+
+
+@main.command("tags")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Tags per file.")
+@click.option("--weights", default=None, help="Checkpoint folder or Hub repo id [default: bundled].")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def tags_cmd(files, top_k, weights, device, as_json) -> None:
+    """Zero-shot tags of FILES from the co-aligned tag space (cosine of audio and tag projections)."""
+    import json
+
+    from .audio_io import load_audio
+    from .tags import predict_tags
+
+    model = _load(weights, device)
+    out, failed = {}, False
+    for f in files:
+        try:
+            audio, sr = load_audio(f)
+            out[str(f)] = predict_tags(audio, sr, model=model, top_k=top_k)
+        except CoalaEmbedError as e:
+            click.echo(f"failed: {e}", err=True)
+            failed = True
+    for f, tags in out.items():
+        if not as_json:
+            click.echo(f"{f}: " + ", ".join(f"{t} ({s:.2f})" for t, s in tags))
+    if as_json:
+        click.echo(json.dumps({f: [{"tag": t, "score": round(s, 4)} for t, s in v] for f, v in out.items()}, indent=1))
+    if failed:
+        sys.exit(EXIT_FAILED_FILES)
+
+
+@main.command("search")
+@click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("query")
+@click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Results to show.")
+@click.option("--weights", default=None, help="The checkpoint that made FEATURES [default: bundled].")
+@click.option("--device", default="auto", show_default=True)
+def search_cmd(features, query, top_k, weights, device) -> None:
+    """Rank the files embedded in FEATURES (a .npy/.npz from `coala-embed`, with its manifest) by QUERY,
+    words of the tag vocabulary, e.g. "dog bark"."""
+    import json
+
+    import numpy as np
+
+    from .batch import manifest_path
+    from .tags import search
+
+    model = _load(weights, device)
+    data = np.load(features)
+    emb = data["embeddings"] if features.suffix == ".npz" else data
+    paths = {}
+    if manifest_path(features).exists():
+        paths = {
+            f["row"]: f["path"] for f in json.loads(manifest_path(features).read_text())["files"] if f["status"] == "ok"
+        }
+    try:
+        hits = search(query, emb, model=model, top_k=top_k)
+    except CoalaEmbedError as e:
+        raise click.UsageError(str(e)) from e
+    for row, score in hits:
+        click.echo(f"{score:.3f}  {paths.get(row, f'row {row}')}")
+
+
+@main.command("convert")
+@click.option(
+    "--audio-encoder",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The authors' audio_encoder_epoch_200.pt.",
+)
+@click.option(
+    "--tag-encoder",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The authors' tag_encoder_epoch_200.pt.",
+)
+@click.option(
+    "--scaler",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="scaler_top_1000_params.json (the pickled MinMaxScaler's arrays).",
+)
+@click.option(
+    "--vocabulary",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="json/id2token_top_1000.json (tag order).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write config.json + model.safetensors.",
+)
+def convert_cmd(audio_encoder, tag_encoder, scaler, vocabulary, out) -> None:
+    """Convert the COALA authors' checkpoints into a coala-embed folder (safetensors; old files are read
+    with torch.load(weights_only=True) only)."""
+    from .convert import convert_original
+
+    try:
+        convert_original(audio_encoder, scaler, out, tag_encoder=tag_encoder, vocabulary=vocabulary)
+    except CoalaEmbedError as e:
+        raise click.UsageError(str(e)) from e
+    click.echo(f"converted -> {out}", err=True)
 
 
 if __name__ == "__main__":

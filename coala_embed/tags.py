@@ -1,0 +1,103 @@
+"""Zero-shot tags and text search in COALA's co-aligned space: audio projection vs tag projection."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .api import _model, embed_patches
+from .errors import CoalaEmbedError
+from .frontend import prepare
+from .model import CoalaModel
+
+
+class UnknownTagError(CoalaEmbedError, ValueError):
+    """A query word is not in the checkpoint's tag vocabulary."""
+
+
+def _require_tags(model: CoalaModel) -> list[str]:
+    if model.tag is None or not model.config.tags:
+        raise CoalaEmbedError("this checkpoint has no tag encoder and vocabulary; use a COALA checkpoint with tags")
+    return list(model.config.tags)
+
+
+@torch.inference_mode()
+def tag_projections(model: CoalaModel) -> torch.Tensor:
+    """``[n_tags, 1152]``: each vocabulary word, one-hot, through the tag encoder and its projection head."""
+    vocab = _require_tags(model)
+    eye = torch.eye(len(vocab), device=model.device)
+    return model.tag_projection(eye).float()
+
+
+@torch.inference_mode()
+def audio_projections(model: CoalaModel, z: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Embeddings z ``[N, 1152]`` (from get_embedding or the CLI) -> their projections ``[N, 1152]``."""
+    z = torch.as_tensor(np.asarray(z, dtype=np.float32), device=model.device)
+    return model.project_audio(z.reshape(-1, z.shape[-1])).float()
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).t()
+
+
+def predict_tags(
+    audio: np.ndarray | torch.Tensor, sr: int, *, model: CoalaModel | None = None, top_k: int = 10
+) -> list[tuple[str, float]]:
+    """Rank the vocabulary's tags for a sound by cosine similarity between the sound's projection (encoder +
+    audio projection head, averaged over its patches) and each tag's projection.
+
+    Returns:
+        ``[(tag, score), ...]``, the ``top_k`` best, scores in [-1, 1].
+    """
+    model = _model(model, None)
+    vocab = _require_tags(model)
+    p = prepare(audio, sr, model.config.frontend)
+    z = embed_patches(model, p.patches).mean(axis=0, keepdims=True)
+    scores = _cosine(audio_projections(model, z), tag_projections(model))[0].cpu()
+    best = torch.topk(scores, min(top_k, len(vocab)))
+    return [(vocab[i], float(s)) for s, i in zip(best.values, best.indices)]
+
+
+def query_vector(model: CoalaModel, query: str | Sequence[str]) -> torch.Tensor:
+    """Multi-hot vector ``[1, n_tags]`` of a text query made of vocabulary words.
+
+    Words are lowercased; a plural whose singular is in the vocabulary is accepted.
+
+    Raises:
+        UnknownTagError: a word is not in the vocabulary; the message lists the nearest vocabulary words.
+    """
+    vocab = _require_tags(model)
+    index = {t: i for i, t in enumerate(vocab)}
+    words = query.split() if isinstance(query, str) else list(query)
+    if not words:
+        raise UnknownTagError("the query is empty; give one or more vocabulary words")
+    vec = torch.zeros(1, len(vocab), device=model.device)
+    for w in words:
+        w = w.lower().strip(".,;:!?\"'")
+        candidates = [w, w[:-1] if w.endswith("s") else w, w[:-2] if w.endswith("es") else w]
+        hit = next((index[c] for c in candidates if c in index), None)
+        if hit is None:
+            near = difflib.get_close_matches(w, vocab, n=5, cutoff=0.6)
+            hint = f"; near words: {', '.join(near)}" if near else f"; the vocabulary has {len(vocab)} words"
+            raise UnknownTagError(f"{w!r} is not in the tag vocabulary{hint}")
+        vec[0, hit] = 1.0
+    return vec
+
+
+@torch.inference_mode()
+def search(
+    query: str | Sequence[str], embeddings: np.ndarray, *, model: CoalaModel | None = None, top_k: int = 10
+) -> list[tuple[int, float]]:
+    """Rank the rows of an embedding matrix ``[N, 1152]`` (e.g. the CLI's ``feats.npy``) by a text query.
+
+    Returns:
+        ``[(row, score), ...]``, the ``top_k`` best rows by cosine similarity of projections.
+    """
+    model = _model(model, None)
+    q = model.tag_projection(query_vector(model, query)).float()
+    scores = _cosine(audio_projections(model, embeddings), q)[:, 0].cpu()
+    best = torch.topk(scores, min(top_k, len(scores)))
+    return [(int(i), float(s)) for s, i in zip(best.values, best.indices)]
