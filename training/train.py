@@ -304,7 +304,8 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
         perm = torch.randperm(n, generator=g)[rank::world]
         shift = torch.randint(0, cfg["jitter"] + 1, (n,), generator=g)[rank::world]
         sums: dict[str, float] = {}
-        for step in range(state["step"], steps_per_epoch):
+        first_step = state["step"]  # after a resume, this process sees only part of the epoch
+        for step in range(first_step, steps_per_epoch):
             idx = perm[step * bs : (step + 1) * bs]
             starts = torch.minimum(data.train_start[idx] + shift[step * bs : (step + 1) * bs], data.train_last[idx])
             x = data.patches(starts).to(device, non_blocking=True)
@@ -334,7 +335,7 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
                 last_ckpt = time.time()
         val = validate(cfg, models, data, device, autocast)
         row = {"epoch": epoch, "samples": state["samples"], "seconds": round(time.time() - t_start)}
-        row.update({f"train_{k}": v / max(1, steps_per_epoch) for k, v in sums.items()})
+        row.update({f"train_{k}": v / max(1, steps_per_epoch - first_step) for k, v in sums.items()})
         row.update({f"val_{k}": v for k, v in val.items()})
         state["history"].append(row)
         if rank == 0:
