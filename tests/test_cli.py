@@ -187,3 +187,25 @@ def test_interrupted_run_needs_resume_or_force(tmp_path, weights_dir, audio_dir)
     (tmp_path / "o.npy.partial").mkdir()
     r = run(audio_dir, "-o", out, "--weights", weights_dir, "-q")
     assert r.exit_code == 2 and "--resume" in r.output
+
+
+@pytest.mark.slow
+def test_ray_data_matches_the_cli(audio_dir, weights_dir, tmp_path):
+    ray = pytest.importorskip("ray")
+    from coala_embed.audio_io import find_audio
+    from coala_embed.ray_data import embed_with_ray, read_parquet
+
+    (audio_dir / "broken.wav").write_text("not audio")
+    out = tmp_path / "feats.npy"
+    run(audio_dir, "-o", out, "--weights", weights_dir, "-q")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        embed_with_ray(find_audio([audio_dir]), tmp_path / "parquet", weights=str(weights_dir), files_per_batch=3)
+    finally:
+        ray.shutdown()
+    paths, emb, status = read_parquet(tmp_path / "parquet")
+    m = manifest(out)
+    assert paths == [f["path"] for f in m["files"]]
+    assert status == [f["status"] for f in m["files"]]
+    ok = [i for i, s in enumerate(status) if s == "ok"]
+    np.testing.assert_allclose(emb[ok], np.load(out), atol=1e-5)
