@@ -48,6 +48,7 @@ DEFAULTS: dict = {
     "min_samples": 1_000_000,  # ...or once validation stops improving for `patience` epochs after this many
     "patience": 4,
     "checkpoint_minutes": 4.0,
+    "epoch_samples": 0,  # samples per epoch (0: every training window once); smaller for quick comparisons
     "seed": 0,
     "bf16": True,  # autocast on CPU and CUDA; losses in float32
     "channels_last": True,
@@ -294,7 +295,7 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             )
 
     bs, n = cfg["batch_size"], len(data.train_start)
-    steps_per_epoch = n // (bs * world)
+    steps_per_epoch = (cfg["epoch_samples"] or n) // (bs * world)
     last_ckpt, t_start = time.time(), time.time() - state["seconds"]
     steps_file = open(out / "steps.csv", "a", newline="") if rank == 0 else None
     done = False
