@@ -129,3 +129,17 @@ def test_cuda_matches_cpu(weights_dir):
     cpu = get_embedding(x, SR, model=load_model(weights_dir, device="cpu"))
     gpu = get_embedding(x, SR, model=load_model(weights_dir, device="cuda"))
     np.testing.assert_allclose(gpu, cpu, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "name, fmt, subtype, sr",
+    [("a.wav", "WAV", "PCM_16", 44_100), ("a.flac", "FLAC", None, 48_000), ("a.ogg", "OGG", "VORBIS", 44_100),
+     ("a.opus", "OGG", "OPUS", 48_000), ("a.mp3", "MP3", None, 44_100)],
+)  # fmt: skip
+def test_file_formats(model, tmp_path, name, fmt, subtype, sr):
+    x = sine(440, 3.0, sr)
+    sf.write(tmp_path / name, np.stack([x, x], axis=1), sr, format=fmt, subtype=subtype)
+    e = embed_file(tmp_path / name, model=model)
+    ref = get_embedding(x, sr, model=model)
+    assert abs(e.duration - 3.0) < 0.1
+    assert np.corrcoef(e.clip, ref)[0, 1] > 0.98  # lossy codecs change the sound a little

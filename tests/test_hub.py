@@ -165,3 +165,14 @@ def test_hub_unknown_repo(hub):
 def test_hub_repo_without_checkpoint(hub):
     with pytest.raises(HubError, match="no config.json or model.safetensors"):
         load_model("acme/empty")
+
+
+def test_hub_offline_env(hub, monkeypatch):
+    load_model("acme/coala-test", device="cpu")  # cached now
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    importlib.reload(c)
+    assert load_model("acme/coala-test", device="cpu") is not None  # from the cache
+    with pytest.raises(HubError, match="offline"):
+        load_model("acme/coala-test@v2")
