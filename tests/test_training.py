@@ -174,3 +174,17 @@ def test_run_sh_smoke(tmp_path):
     assert "## Evaluation" in (weights / "README.md").read_text()
     results = json.loads((tmp_path / "smoke" / "eval" / "results_test.json").read_text())
     assert {r["embedding"] for r in results["rows"]} >= {"mfcc", "ae_c", "e_c", "cnn", "random"}
+
+
+def test_cca_and_average_precision():
+    import numpy as np
+
+    from training.analysis import average_precision, mean_cca
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 40))
+    y_related = x[:, :3] @ rng.standard_normal((3, 3))
+    y_noise = rng.standard_normal((500, 3))
+    assert mean_cca(x, y_related, pcs=40) > 0.99
+    assert mean_cca(x, y_noise, pcs=5) < 0.2
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)
