@@ -209,3 +209,12 @@ def test_ray_data_matches_the_cli(audio_dir, weights_dir, tmp_path):
     assert status == [f["status"] for f in m["files"]]
     ok = [i for i, s in enumerate(status) if s == "ok"]
     np.testing.assert_allclose(emb[ok], np.load(out), atol=1e-5)
+
+
+def test_huge_file_is_a_failure_not_a_crash(audio_dir, weights_dir, tmp_path):
+    out = tmp_path / "f.npy"
+    r = run(audio_dir, "-o", out, "--weights", weights_dir, "-q", "--max-hours", "0.001")  # 3.6 s
+    assert r.exit_code == 1
+    status = {os.path.basename(f["path"]): f for f in manifest(out)["files"]}
+    assert status["tone.flac"]["status"] == "error" and "over the limit" in status["tone.flac"]["error"]
+    assert status["clip0.wav"]["status"] == "ok"
