@@ -15,7 +15,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from training.train import DEFAULTS, build_models, build_optimizers, step_losses, weighted  # noqa: E402
+from training.train import DEFAULTS, build_models, build_optimizers, train_step  # noqa: E402
 
 N_TAGS = 1000
 
@@ -40,13 +40,7 @@ def measure(variant: str, bf16: bool, channels_last: bool, steps: int, bs: int, 
     times = []
     for i in range(steps + 2):
         t = time.perf_counter()
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        with ctx():
-            losses = step_losses(cfg, models, x, tags)
-        weighted(cfg, losses).backward()
-        for o in opts:
-            o.step()
+        train_step(cfg, models, opts, x, tags, ctx)
         if i >= 2:  # warm-up
             times.append(time.perf_counter() - t)
     times.sort()

@@ -184,6 +184,21 @@ def weighted(cfg: dict, losses: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum(cfg["loss_weights"][k] * v for k, v in losses.items())
 
 
+def train_step(
+    cfg: dict, models: dict[str, nn.Module], opts: list, x: torch.Tensor, tags: torch.Tensor, autocast
+) -> dict[str, torch.Tensor]:
+    """One optimisation step: the weighted sum of the losses back-propagated once (equal to the original's
+    separate backward passes of each weighted term), then every optimiser steps."""
+    for o in opts:
+        o.zero_grad(set_to_none=True)
+    with autocast():
+        losses = step_losses(cfg, models, x, tags)
+    weighted(cfg, losses).backward()
+    for o in opts:
+        o.step()
+    return losses
+
+
 # ------------------------------------------------------------------------------------------------ loop
 def save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
@@ -313,13 +328,7 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             tags = data.labels[data.train_sound[idx]].to(device, non_blocking=True)
             if cfg["channels_last"]:
                 x = x.contiguous(memory_format=torch.channels_last)
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            with autocast():
-                losses = step_losses(cfg, wrapped, x, tags)
-            weighted(cfg, losses).backward()
-            for o in opts:
-                o.step()
+            losses = train_step(cfg, wrapped, opts, x, tags, autocast)
             state["step"] = step + 1
             state["samples"] += bs * world
             for k, v in losses.items():
