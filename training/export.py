@@ -175,6 +175,8 @@ weights.
 {tables.get("test", "(not run)")}
 ### Validation split (used for every choice)
 {tables.get("val", "(not run)")}
+### Zero-shot tags and CCA (`training/analysis.py`)
+{analysis}
 
 ## Limits
 

@@ -78,6 +78,7 @@ stop_after tasks
 if stage evaluate; then
   $PY -m training.evaluate --model ae_c --model e_c --model cnn --model random --split val "${EVAL_ARGS[@]}"
   $PY -m training.evaluate --model ae_c --model e_c --model cnn --model random --split test "${EVAL_ARGS[@]}"
+  $PY -m training.analysis --model ae_c --model e_c --model cnn --model random
 fi
 stop_after evaluate
 
