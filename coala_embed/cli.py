@@ -124,7 +124,7 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs and discard interrupted progress.")
 @click.option("--max-hours", default=24.0, show_default=True, help="Files longer than this are reported as failures.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
-def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, batch_size, workers, precision, shard, resume, force, max_hours, quiet) -> None:  # fmt: skip
+def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, batch_size, workers, precision, fast_frontend, shard, resume, force, max_hours, quiet) -> None:  # fmt: skip
     """Embed INPUTS (files and folders) into one matrix with a manifest.
 
     Writes OUTPUT ([N, 1152] float32 rows, one per file that worked, in sorted path order) and, beside
@@ -163,6 +163,8 @@ def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, bat
     if not paths:
         raise click.UsageError("no audio files found in the inputs (check --ext)")
     model = _load(weights, device)
+    if fast_frontend:
+        model.config = model.config.replace(stft_dtype="float32")
     opts = batch.Options(
         fmt=fmt, frames=frames, batch_size=batch_size, workers=workers, max_hours=max_hours, precision=precision
     )

@@ -144,3 +144,26 @@ def test_resampling_any_rate():
     assert p.patches.shape == q.patches.shape
     loud = q.patches > -4  # the tone's bands; far below it the resampler's stopband noise differs
     assert loud.any() and (p.patches - q.patches)[loud].abs().max() < 0.05
+
+
+@pytest.mark.parametrize("pooling", ["signal", "original"])
+def test_float32_fast_path_tolerance(pooling):
+    """The fast path (float32 STFT) keeps patch embeddings within 1e-5 relative (L2) of the float64 default:
+    the pipeline's dither lifts every band above float32's noise floor. Clips over 10 s in `original` mode get
+    no dither: there a pure digital tone is the worst case, within 1e-3."""
+    from conftest import random_model
+
+    from coala_embed.api import get_embedding
+
+    ref_model = random_model(pooling=pooling).optimize()
+    fast_model = random_model(pooling=pooling, stft_dtype="float32").optimize()
+    signals = [sine(440, 5.0), noise(5.0), chirp(5.0), sine(440, 12.0) + sine(3000, 12.0, amp=1e-3)]
+    f = fsdd_file()
+    if f is not None:
+        y, sr = sf.read(f, dtype="float32")
+        signals.append(librosa.resample(y, orig_sr=sr, target_sr=SR))
+    for y in signals:
+        a = get_embedding(y, SR, model=ref_model, frames=True)[0]
+        b = get_embedding(y, SR, model=fast_model, frames=True)[0]
+        tolerance = 1e-3 if pooling == "original" and len(y) > 10 * SR else 1e-5
+        assert (np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)).max() < tolerance
