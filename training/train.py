@@ -121,6 +121,13 @@ class PatchData:
         self.val_start, self.val_sound = starts[n_tr:], torch.arange(n_tr, len(patches))
         self._ar = torch.arange(PATCH)
 
+    def to(self, device: torch.device) -> PatchData:
+        """Move the spectrograms and indices to ``device`` (on a GPU the gathering then runs there too)."""
+        for name in ("logmel", "labels", "scaler_min", "scaler_scale", "train_start", "train_last", "train_sound",
+                     "val_start", "val_sound", "_ar"):  # fmt: skip
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def patches(self, starts: torch.Tensor) -> torch.Tensor:
         """Scaled patches ``[B, 1, 96, 96]`` (mel x time) starting at absolute frames ``starts``, clamped to
         [0, 1] (the scaler was fitted on these training patches; validation clamps as the original)."""
@@ -270,6 +277,8 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
     if rank == 0:
         (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     data = PatchData(data_root / cfg["corpus"], cfg)
+    if device.type == "cuda":
+        data.to(device)
     torch.manual_seed(cfg["seed"])
     models = build_models(cfg, data.labels.shape[1])
     for m in models.values():
@@ -322,8 +331,9 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
         sums: dict[str, float] = {}
         first_step = state["step"]  # after a resume, this process sees only part of the epoch
         for step in range(first_step, steps_per_epoch):
-            idx = perm[step * bs : (step + 1) * bs]
-            starts = torch.minimum(data.train_start[idx] + shift[step * bs : (step + 1) * bs], data.train_last[idx])
+            idx = perm[step * bs : (step + 1) * bs].to(data.train_start.device)
+            shifted = data.train_start[idx] + shift[step * bs : (step + 1) * bs].to(idx.device)
+            starts = torch.minimum(shifted, data.train_last[idx])
             x = data.patches(starts).to(device, non_blocking=True)
             tags = data.labels[data.train_sound[idx]].to(device, non_blocking=True)
             if cfg["channels_last"]:
