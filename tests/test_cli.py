@@ -218,3 +218,12 @@ def test_huge_file_is_a_failure_not_a_crash(audio_dir, weights_dir, tmp_path):
     status = {os.path.basename(f["path"]): f for f in manifest(out)["files"]}
     assert status["tone.flac"]["status"] == "error" and "over the limit" in status["tone.flac"]["error"]
     assert status["clip0.wav"]["status"] == "ok"
+
+
+def test_fast_frontend_flag(audio_dir, weights_dir, tmp_path):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    run(audio_dir, "-o", a, "--weights", weights_dir, "-q")
+    assert run(audio_dir, "-o", b, "--weights", weights_dir, "-q", "--fast-frontend").exit_code == 0
+    assert manifest(b)["frontend"]["stft_dtype"] == "float32" and manifest(a)["frontend"]["stft_dtype"] == "float64"
+    x, y = np.load(a), np.load(b)
+    assert (np.linalg.norm(x - y, axis=1) / np.linalg.norm(x, axis=1)).max() < 1e-5
