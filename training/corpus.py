@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -179,6 +180,12 @@ def _features(args: tuple[str, FrontendConfig]) -> tuple[np.ndarray | None, dict
         return None, {"error": str(e)}
 
 
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # one process per core already
+
+
 def compute_features(rows: list[dict], out: Path, workers: int = 2, shard: int = 400) -> None:
     """Log-mel of every row, stored in shards of ``shard`` files (``features/NNNNN.npz``); resumes."""
     from tqdm import tqdm
@@ -186,7 +193,12 @@ def compute_features(rows: list[dict], out: Path, workers: int = 2, shard: int =
     cfg = FrontendConfig(pooling="original")
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(0, len(rows), shard) if not _shard_path(out, rows, i, shard).exists()]
-    with ProcessPoolExecutor(workers) as pool, tqdm(total=len(rows), desc="log-mels", unit="file") as bar:
+    # "spawn": a forked child of a process whose torch thread pool is already running can deadlock in torch.stft.
+    ctx = multiprocessing.get_context("spawn")
+    with (
+        ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool,
+        tqdm(total=len(rows), desc="log-mels", unit="file") as bar,
+    ):
         bar.update(len(rows) - sum(min(shard, len(rows) - i) for i in todo))
         for i in todo:
             chunk = rows[i : i + shard]
