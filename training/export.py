@@ -112,6 +112,7 @@ def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
         for s in ("val", "test")
         if (eval_dir / f"results_{s}.md").exists()
     }
+    analysis = (eval_dir / "analysis.md").read_text() if (eval_dir / "analysis.md").exists() else "(not run)"
     sources = "\n".join(
         f"| {k} | {v.get('version', '')} | {v['files']} | {v['hours']} | {v.get('licence', '')} |"
         for k, v in sorted(stats.get("sources", {}).items(), key=lambda kv: -kv[1]["files"])
