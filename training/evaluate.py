@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
@@ -170,8 +169,15 @@ def speaker_folds(feats: np.ndarray, rows: list[dict], seeds: int) -> dict:
 def evaluate(data: Path, specs: list[str], recipes: list[str], split: str, seeds: int, out: Path, loso: bool) -> dict:
     cache = data / "eval-cache"
     tasks = {t: read_task(data / "tasks" / t) for t in TASKS}
-    results: dict = {"split": split, "seeds": seeds, "date": datetime.date.today().isoformat(),
-                     "machine": f"{platform.machine()}, {torch.get_num_threads()} threads", "rows": []}  # fmt: skip
+    from .export import machine
+
+    results: dict = {
+        "split": split,
+        "seeds": seeds,
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "rows": [],
+    }
     models = dict(resolve_model(s, data) for s in specs)
     for task, rows in tasks.items():
         t0 = time.time()
