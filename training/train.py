@@ -364,6 +364,9 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
                 epoch,
                 json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
             )
+            # The encoders of every epoch, so that the exported one can be chosen by downstream validation accuracy.
+            encoders = {k: m.state_dict() for k, m in models.items() if k in ("audio_encoder", "tag_encoder", "cnn")}
+            save_atomic({"models": encoders, "row": row, "config": json.dumps(cfg)}, out / f"snapshot_epoch{epoch}.pt")
             if val["weighted"] < state["best"]:
                 state["best"] = val["weighted"]
                 save_atomic(
