@@ -109,8 +109,9 @@ def mfcc_features(task: str, rows: list[dict], cache: Path) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- models
 def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
-    """``NAME`` (a run in DATA/runs, its best.pt), ``random`` (untrained encoder with the corpus scaler),
-    or ``NAME=PATH`` (an exported folder, e.g. ``shipped=weights``)."""
+    """``NAME`` (a run in DATA/runs, its best.pt), ``NAME:FILE`` (another checkpoint of that run, e.g.
+    ``ae_c:snapshot_epoch4.pt``), ``random`` (untrained encoder with the corpus scaler), or ``NAME=PATH`` (an
+    exported folder, e.g. ``shipped=weights``)."""
     from .export import build_model
 
     if "=" in spec:
@@ -123,7 +124,8 @@ def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
         model.scaler_min.copy_(torch.from_numpy(index["scaler_min"]))
         model.scaler_scale.copy_(torch.from_numpy(index["scaler_scale"]))
         return "random", model.eval().optimize()
-    model, _ = build_model(data / "runs" / spec, data / "corpus")
+    run, _, checkpoint = spec.partition(":")
+    model, _ = build_model(data / "runs" / run, data / "corpus", checkpoint or "best.pt")
     return spec, model.optimize()
 
 
