@@ -198,6 +198,7 @@ def save_pretrained(model: CoalaModel, folder: str | os.PathLike, *, trained: bo
     config = CoalaConfig(model.config.frontend, model.config.model, model.config.tags, trained, all_info)
     tmp_cfg = folder / (CONFIG_NAME + ".tmp")
     config.save(tmp_cfg)
+    os.chmod(tmp_weights, 0o644)  # NamedTemporaryFile makes it private; a checkpoint is meant to be shared
     os.replace(tmp_weights, folder / WEIGHTS_NAME)
     os.replace(tmp_cfg, folder / CONFIG_NAME)
     model.config = config
