@@ -174,6 +174,8 @@ weights.
 
 ### Test split
 {tables.get("test", "(not run)")}
+`digits_loso`: leave one speaker out, one seed per held-out speaker; ± is the spread over the six speakers.
+
 ### Validation split (used for every choice)
 {tables.get("val", "(not run)")}
 ### Zero-shot tags and CCA (`training/analysis.py`)
@@ -184,7 +186,9 @@ weights.
 - Trained on about {stats.get("hours")} h of game, desktop and synthesised sounds, not on Freesound: far less data than the
   paper's 190k sounds, and tags from file paths are noisy. Expect weaker results than the paper's.
 - Clips shorter than one patch (2.23 s) are zero-padded; very short sounds get a single patch.
-- Zero-shot tags come from a {cfg["model"]["n_tags"]}-word vocabulary of game and desktop sounds.
+- Zero-shot tags come from a {cfg["model"]["n_tags"]}-word vocabulary of game and desktop sounds; compare their
+  precision with the popularity baseline above before relying on them (one-hot tags are far from the multi-hot
+  tag sets the contrastive loss aligned during training).
 """
     (folder / "README.md").write_text(text)
     return folder / "README.md"
