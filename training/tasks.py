@@ -94,14 +94,23 @@ def _event_class(member: str) -> str | None:
     return None
 
 
+def _evaluation_package(data: Path, pkg: str) -> tuple[str, Path]:
+    """Download and unpack an evaluation package into ``eval-extracted/`` (apart from the pretraining sources);
+    return its version and folder."""
+    version = download([pkg], data / "debs", allow_excluded=True).get(pkg, "")
+    root = extract(pkg, data / "debs", data / "eval-extracted", unpack=False)
+    if root is None:
+        raise SystemExit(f"cannot download {pkg}; run `apt-get update` first")
+    return version, root
+
+
 def build_events(data: Path) -> Path:
     from sklearn.model_selection import StratifiedGroupKFold
 
     out = data / "tasks" / "events"
     if (out / "task.csv").exists():
         return out
-    versions = download(["0ad-data"], data / "debs", allow_excluded=True)
-    root = extract("0ad-data", data / "debs", data / "eval-extracted", unpack=False)
+    version, root = _evaluation_package(data, "0ad-data")
     audio = out / "audio"
     rows = []
     for z in sorted(root.rglob("*.zip")):
@@ -128,7 +137,7 @@ def build_events(data: Path) -> Path:
         rows[i]["split"] = "test"
     for i in folds[1][1]:
         rows[i]["split"] = "val"
-    card = {"task": "events", "source": f"0ad-data {versions.get('0ad-data', '')} (CC BY-SA 3.0)",
+    card = {"task": "events", "source": f"0ad-data {version} (CC BY-SA 3.0)",
             "split_rule": "StratifiedGroupKFold(5, seed 0) over groups = folder + stem without its number: "
                           "fold 0 test, fold 1 validation, folds 2-4 train",
             "class_map": EVENT_CLASSES}  # fmt: skip
@@ -140,8 +149,7 @@ def build_instruments(data: Path) -> Path:
     out = data / "tasks" / "instruments"
     if (out / "task.csv").exists():
         return out
-    versions = download(["musescore-general-soundfont"], data / "debs", allow_excluded=True)
-    root = extract("musescore-general-soundfont", data / "debs", data / "eval-extracted", unpack=False)
+    version, root = _evaluation_package(data, "musescore-general-soundfont")
     sf_files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".sf2", ".sf3"))
     if not sf_files:
         raise SystemExit(f"no soundfont in {root}")
@@ -162,7 +170,7 @@ def build_instruments(data: Path) -> Path:
             continue
         rows.append({"path": str(path), "label": GM_FAMILIES[n["program"] // 8].replace(" ", "_"), "split": split_of[n["program"]],
                      "group": GM_PROGRAMS[n["program"]]})  # fmt: skip
-    card = {"task": "instruments", "source": f"musescore-general-soundfont {versions.get('musescore-general-soundfont', '')} "
+    card = {"task": "instruments", "source": f"musescore-general-soundfont {version} "
             f"({soundfont.name}, MIT), rendered with fluidsynth",  # fmt: skip
             "split_rule": "by GM program: per family 2 programs test, 1 validation, 5 train (seed 0); "
                           "pitches 36-84 step 4, velocities 80 and 120, 2 s notes in 3 s clips"}  # fmt: skip
