@@ -147,7 +147,8 @@ emb = get_embedding(audio, sr, model=model)   # [1152] float32
 
 ## Training
 
-- Variant: {info.get("variant")} (loss weights 5 / 5 / 10, tau 0.1), optimiser {info.get("optimizer")} lr {info.get("lr")},
+- Variant: {info.get("variant")} (loss weights 5 / 5 / 10, tau 0.1), optimiser {info.get("optimizer")} lr {info.get("lr")}
+  (chosen over the paper's SGD, lr 5e-3, on a 40k-sample comparison: see training/README.md),
   batch 128, patch mode `{info.get("patch_mode")}`; bf16 autocast + channels-last on the CPU.
 - Samples seen: {info.get("samples_seen")} patch-samples ({(info.get("epoch") or 0) + 1} epochs) in {hours / 3600:.1f} h on
   {info.get("machine")}; checkpoint with the lowest validation loss; commit {info.get("commit")}.
