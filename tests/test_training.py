@@ -144,16 +144,21 @@ def test_trains_from_the_original_hdf5_layout(smoke_data, tmp_path):
 def test_ddp_two_cpu_processes_agree(smoke_data, tmp_path):
     import socket
 
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", port, "-m", "training.train",
-           "training/configs/ae_c.json", "--data", str(smoke_data), "--out", str(out),
-           "--set", "max_samples=256", "min_samples=256", "batch_size=16", "threads=1"]  # fmt: skip
-    r = subprocess.run(
-        cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
+    # One retry: under a loaded test run, gloo's rendezvous has aborted a rank once in a while (SIGABRT before
+    # training starts; not reproduced in isolation). Agreement itself is asserted on every successful run.
+    for _attempt in range(2):
+        with socket.socket() as sock:  # a free port for the rendezvous
+            sock.bind(("127.0.0.1", 0))
+            port = str(sock.getsockname()[1])
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", port, "-m", "training.train", "training/configs/ae_c.json", "--data", str(smoke_data),
+               "--out", str(out), "--set", "max_samples=256", "min_samples=256", "batch_size=16", "threads=1"]  # fmt: skip
+        r = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
+        if r.returncode == 0:
+            break
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     check = json.loads((out / "ddp_check.json").read_text())
     assert check["world"] == 2 and check["agree"]
