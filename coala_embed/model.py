@@ -90,7 +90,7 @@ class CoalaModel(nn.Module):
     def __init__(self, config: CoalaConfig) -> None:
         super().__init__()
         self.config = config
-        n_mels, frames = config.frontend.n_mels, config.frontend.patch_frames
+        frames = config.frontend.patch_frames
         self.audio = AudioEncoder(config.model)
         self.tag = TagEncoder(config.model.n_tags, config.model) if config.model.n_tags else None
         # x_scaled[m, t] = x[m, t] * scale[t] + min[t]: the original scaler works per time column (SPEC 1.5).
@@ -98,7 +98,6 @@ class CoalaModel(nn.Module):
         self.register_buffer("scaler_scale", torch.ones(frames))
         self._fast: nn.Sequential | None = None
         self._channels_last = False
-        assert n_mels > 0
 
     def scale(self, patches: torch.Tensor) -> torch.Tensor:
         """Apply the min-max scaler per time column; no clamping, as the original ``encode.py``."""
@@ -124,12 +123,10 @@ class CoalaModel(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         x = self.scale(patches).unsqueeze(1)
-        if self.training or self._fast is None:
-            if self._channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            return self.audio(x)[0]
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.training or self._fast is None:
+            return self.audio(x)[0]
         return torch.flatten(self._fast(x), 1)
 
     def project_audio(self, z: torch.Tensor) -> torch.Tensor:
