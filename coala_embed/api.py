@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import soxr
@@ -184,6 +185,49 @@ def embed_file(
     return _finish(p, embed_patches(model, p.patches, batch_size))
 
 
+K = TypeVar("K")
+
+
+def batch_across(
+    items: Iterable[tuple[K, Patches | Exception]],
+    model: CoalaModel,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    precision: str = "fp32",
+    max_items: int = 256,
+) -> Iterator[list[tuple[K, Patches | Exception, np.ndarray | None]]]:
+    """Fill each forward pass with the patches of several clips.
+
+    ``items`` are ``(key, Patches)`` or ``(key, error)``; once at least ``batch_size`` patches (or
+    ``max_items`` items) are waiting they are embedded together, and one list per flush is yielded,
+    in input order: ``(key, patches, frame embeddings [T, D])``, or ``(key, error, None)``.
+    """
+    pending: list[tuple[K, Patches | Exception]] = []
+    n_patches = 0
+
+    def flush() -> list[tuple[K, Patches | Exception, np.ndarray | None]]:
+        good = [p for _, p in pending if isinstance(p, Patches)]
+        emb = embed_patches(model, torch.cat([p.patches for p in good]), batch_size, precision) if good else None
+        out: list[tuple[K, Patches | Exception, np.ndarray | None]] = []
+        at = 0
+        for key, p in pending:
+            if isinstance(p, Patches):
+                out.append((key, p, emb[at : at + len(p.patches)]))
+                at += len(p.patches)
+            else:
+                out.append((key, p, None))
+        return out
+
+    for key, p in items:
+        pending.append((key, p))
+        if isinstance(p, Patches):
+            n_patches += len(p.patches)
+        if n_patches >= batch_size or len(pending) >= max_items:
+            yield flush()
+            pending, n_patches = [], 0
+    if pending:
+        yield flush()
+
+
 def embed_files(
     paths: Iterable[str | os.PathLike],
     *,
@@ -199,28 +243,14 @@ def embed_files(
     from .errors import CoalaEmbedError
 
     model = _model(model, device)
-    pending: list[tuple[str, Patches | Exception]] = []
-    n_patches = 0
 
-    def flush() -> Iterator[tuple[str, Embedding | Exception]]:
-        good = [p for _, p in pending if isinstance(p, Patches)]
-        emb = embed_patches(model, torch.cat([p.patches for p in good]), batch_size) if good else None
-        at = 0
-        for path, p in pending:
-            if isinstance(p, Patches):
-                yield path, _finish(p, emb[at : at + len(p.patches)])
-                at += len(p.patches)
-            else:
-                yield path, p
+    def decoded() -> Iterator[tuple[str, Patches | Exception]]:
+        for path in paths:
+            try:
+                yield str(path), file_patches(path, model.config.frontend)
+            except CoalaEmbedError as e:
+                yield str(path), e
 
-    for path in paths:
-        try:
-            p: Patches | Exception = file_patches(path, model.config.frontend)
-            n_patches += len(p.patches)
-        except CoalaEmbedError as e:
-            p = e
-        pending.append((str(path), p))
-        if n_patches >= batch_size:
-            yield from flush()
-            pending, n_patches = [], 0
-    yield from flush()
+    for chunk in batch_across(decoded(), model, batch_size):
+        for path, p, frames in chunk:
+            yield path, (_finish(p, frames) if frames is not None else p)

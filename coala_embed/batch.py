@@ -9,15 +9,15 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import __version__
-from .api import embed_patches, file_patches
+from .api import batch_across, file_patches
 from .audio_io import audio_info
 from .errors import AudioError, CoalaEmbedError
 from .frontend import Patches
@@ -193,21 +193,12 @@ def run(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    pending: list[tuple[int, Path, Patches | Exception]] = []
 
-    def flush() -> None:
+    def record(chunk: list[tuple[tuple[int, Path], Patches | Exception, np.ndarray | None]]) -> None:
         nonlocal audio_s
-        good = [p for _, _, p in pending if isinstance(p, Patches)]
-        emb = (
-            embed_patches(model, torch.cat([p.patches for p in good]), opts.batch_size, opts.precision)
-            if good
-            else None
-        )
-        at, results = 0, []
-        for i, path, p in pending:
-            if isinstance(p, Patches):
-                fr = emb[at : at + len(p.patches)]
-                at += len(p.patches)
+        results = []
+        for (i, path), p, fr in chunk:
+            if isinstance(p, Patches) and fr is not None:
                 entry = {
                     "index": i,
                     "path": str(path),
@@ -221,39 +212,36 @@ def run(
             else:
                 results.append(({"index": i, "path": str(path), "status": "error", "error": str(p)}, None, None, None))
         state.append(results)
-        bar.update(len(pending))
+        bar.update(len(chunk))
         elapsed = max(time.time() - t0, 1e-9)
         bar.set_postfix_str(f"{audio_s / 3600:.2f} h audio, {audio_s / elapsed:.0f}x real time", refresh=False)
-        pending.clear()
+
+    def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[tuple[int, Path], Patches | Exception]]:
+        """Files decoded by the pool a few ahead of the model, in input order."""
+        queue: deque = deque()
+        it = iter(todo)
+        lookahead = max(2, 4 * opts.workers)
+        while True:
+            while len(queue) < lookahead:
+                nxt = next(it, None)
+                if nxt is None:
+                    break
+                queue.append((nxt[0], nxt[1], pool.submit(_decode, nxt[1], model, opts)))
+            if not queue:
+                return
+            i, path, fut = queue.popleft()
+            try:
+                p: Patches | Exception = fut.result()
+            except CoalaEmbedError as e:
+                p = e
+            except (MemoryError, OSError, ValueError, RuntimeError) as e:  # anything a bad file can provoke
+                p = AudioError(f"{path}: {type(e).__name__}: {e}")
+            yield (i, path), p
 
     try:
         with ThreadPoolExecutor(max(1, opts.workers)) as pool:
-            queue: deque = deque()
-            it = iter(todo)
-            n_patches = 0
-            lookahead = max(2, 4 * opts.workers)
-            while True:
-                while len(queue) < lookahead:
-                    nxt = next(it, None)
-                    if nxt is None:
-                        break
-                    queue.append((nxt[0], nxt[1], pool.submit(_decode, nxt[1], model, opts)))
-                if not queue:
-                    break
-                i, path, fut = queue.popleft()
-                try:
-                    p: Patches | Exception = fut.result()
-                    n_patches += len(p.patches)
-                except CoalaEmbedError as e:
-                    p = e
-                except (MemoryError, OSError, ValueError, RuntimeError) as e:  # anything a bad file can provoke
-                    p = AudioError(f"{path}: {type(e).__name__}: {e}")
-                pending.append((i, path, p))
-                if n_patches >= opts.batch_size or len(pending) >= 256:
-                    flush()
-                    n_patches = 0
-            if pending:
-                flush()
+            for chunk in batch_across(decoded(pool), model, opts.batch_size, opts.precision):
+                record(chunk)
     finally:
         bar.close()
     manifest = finish(out, state, opts, model, shard=shard, seconds=time.time() - t0, n_inputs=len(paths))

@@ -233,7 +233,9 @@ class StreamingPatches:
             return
         window, fb = _torch_constants(cfg)
         seg = torch.from_numpy(self.buf[: (n_new - 1) * hop + cfg.n_fft]).to(window.dtype)
-        cols = _spectrum_to_log_mel(torch.stft(seg, cfg.n_fft, hop, window=window, center=False, return_complex=True), fb, cfg)
+        cols = _spectrum_to_log_mel(
+            torch.stft(seg, cfg.n_fft, hop, window=window, center=False, return_complex=True), fb, cfg
+        )
         self.spec = torch.cat([self.spec, cols], dim=1)
         self.frame += n_new
         self.buf = self.buf[n_new * hop :]
