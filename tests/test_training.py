@@ -133,11 +133,25 @@ def test_resume_after_kill_9_continues_exactly(smoke_data, tmp_path):
 def test_trains_from_the_original_hdf5_layout(smoke_data, tmp_path):
     corpus = smoke_data / "corpus"
     p = _train(smoke_data, tmp_path / "h5", f"hdf5_train={corpus / 'train.h5'}", f"hdf5_val={corpus / 'val.h5'}",
-               f"vocabulary={corpus / 'vocabulary.json'}", "max_samples=64", "min_samples=64")  # fmt: skip
+               f"vocabulary={corpus / 'vocabulary.json'}", "max_samples=64", "min_samples=64",
+               "lr_milestones=[[32,0.1]]")  # fmt: skip
     log, _ = p.communicate(timeout=300)
     assert p.returncode == 0, log[-2000:]
     row = json.loads((tmp_path / "h5" / "DONE").read_text())
     assert row["val_contrastive"] > 0
+    # the step decay reached the optimisers (lr 1e-3 until 32 samples, then 1e-4)
+    optims = torch.load(tmp_path / "h5" / "ckpt.pt", weights_only=True)["optims"]
+    assert [g["lr"] for o in optims for g in o["param_groups"]] == pytest.approx([1e-4, 1e-4])
+
+
+def test_learning_rate_step_decay():
+    from training.train import learning_rate
+
+    cfg = {"lr": 1e-3, "lr_milestones": [[800, 0.01], [500, 0.1]]}
+    assert [learning_rate(cfg, n) for n in (0, 499, 500, 799, 800, 10**6)] == pytest.approx(
+        [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
+    )
+    assert learning_rate({"lr": 5e-3, "lr_milestones": []}, 10**9) == 5e-3
 
 
 @pytest.mark.slow

@@ -41,6 +41,8 @@ DEFAULTS: dict = {
     "tau": 0.1,
     "optimizer": "adam",  # adam | sgd (the paper: two plain SGD, lr 5e-3)
     "lr": 1e-3,
+    # [[samples, factor], ...]: from that many samples on, lr * factor (a step decay; [] keeps lr constant)
+    "lr_milestones": [],
     "batch_size": 128,  # per process
     "patch_mode": "multi",  # multi (windows over each sound, jittered) | max_energy (the original: one per sound)
     "jitter": 48,  # frames of random shift of multi-patch windows
@@ -166,6 +168,15 @@ def build_optimizers(cfg: dict, models: dict[str, nn.Module]) -> list[torch.opti
         else:
             opts.append(torch.optim.Adam(params, lr=cfg["lr"]))
     return opts
+
+
+def learning_rate(cfg: dict, samples: int) -> float:
+    """The learning rate after ``samples`` samples: ``lr`` times the factor of the last milestone passed."""
+    lr = cfg["lr"]
+    for at, factor in sorted(cfg["lr_milestones"]):
+        if samples >= at:
+            lr = cfg["lr"] * factor
+    return lr
 
 
 def step_losses(
@@ -335,6 +346,10 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             shifted = data.train_start[idx] + shift[step * bs : (step + 1) * bs].to(idx.device)
             starts = torch.minimum(shifted, data.train_last[idx])
             x = data.patches(starts).to(device, non_blocking=True)
+            lr = learning_rate(cfg, state["samples"])
+            for o in opts:
+                for group in o.param_groups:
+                    group["lr"] = lr
             tags = data.labels[data.train_sound[idx]].to(device, non_blocking=True)
             if cfg["channels_last"]:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -355,6 +370,7 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
                 last_ckpt = time.time()
         val = validate(cfg, models, data, device, autocast)
         row = {"epoch": epoch, "samples": state["samples"], "seconds": round(time.time() - t_start)}
+        row["lr"] = learning_rate(cfg, state["samples"] - 1)
         row.update({f"train_{k}": v / max(1, steps_per_epoch - first_step) for k, v in sums.items()})
         row.update({f"val_{k}": v for k, v in val.items()})
         state["history"].append(row)
