@@ -264,12 +264,18 @@ def main() -> None:
     ref = next((r for r in rows if r["system"] == "coala"), rows[0])
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(" :\t")
     print(f"\n{args.files} files x {args.seconds:.0f} s, 44.1 kHz mono WAV; {os.cpu_count()} cores ({cpu})\n")
-    print("| system | weights | dim | files | frames | load (s) | embed (s) | x real time | coala-embed is faster by |")
+    print(
+        "| system | weights | dim | files | rows out | load (s) | embed (s) | x real time | coala-embed is faster by |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = ref["x_real_time"] / r["x_real_time"]
         print(f"| {r['system']} | {r['weights']} | {r['dim']} | {r['files']} | {r['frames']} | {r['load_s']:.1f} | "
-              f"{r['seconds']:.2f} | {r['x_real_time']:.3g}x | {ratio:.3g}x |")  # fmt: skip
+              f"{r['seconds']:.2f} | {_num(r['x_real_time'])}x | {_num(ratio)}x |")  # fmt: skip
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 10 else f"{v:.2f}"
 
 
 if __name__ == "__main__":
