@@ -43,6 +43,13 @@ def downmix(data: np.ndarray) -> np.ndarray:
     return mono
 
 
+def _finite_mono(data: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    mono = downmix(data)
+    if not np.isfinite(mono).all():
+        raise AudioError(f"{path}: holds NaN or Inf samples")
+    return mono
+
+
 def _reason(e: BaseException) -> str:
     return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
 
@@ -71,10 +78,7 @@ def load_audio(
         raise AudioError(f"{path}: decoding failed ({_reason(e)})") from e
     if data.shape[0] == 0:
         raise AudioError(f"{path}: holds no samples")
-    mono = downmix(data)
-    if not np.isfinite(mono).all():
-        raise AudioError(f"{path}: holds NaN or Inf samples")
-    return mono, sr
+    return _finite_mono(data, path), sr
 
 
 def iter_blocks(path: str | os.PathLike, block_seconds: float = BLOCK_SECONDS) -> Iterator[tuple[np.ndarray, int]]:
@@ -87,10 +91,7 @@ def iter_blocks(path: str | os.PathLike, block_seconds: float = BLOCK_SECONDS) -
                 data = f.read(block, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:
                     break
-                mono = downmix(data)
-                if not np.isfinite(mono).all():
-                    raise AudioError(f"{path}: holds NaN or Inf samples")
-                yield mono, sr
+                yield _finite_mono(data, path), sr
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioError(f"{path}: decoding failed ({_reason(e)})") from e
 
