@@ -210,7 +210,7 @@ def batch_across(
         out: list[tuple[K, Patches | Exception, np.ndarray | None]] = []
         at = 0
         for key, p in pending:
-            if isinstance(p, Patches):
+            if isinstance(p, Patches) and emb is not None:
                 out.append((key, p, emb[at : at + len(p.patches)]))
                 at += len(p.patches)
             else:
@@ -253,4 +253,7 @@ def embed_files(
 
     for chunk in batch_across(decoded(), model, batch_size):
         for path, p, frames in chunk:
-            yield path, (_finish(p, frames) if frames is not None else p)
+            if isinstance(p, Patches) and frames is not None:
+                yield path, _finish(p, frames)
+            elif isinstance(p, Exception):
+                yield path, p

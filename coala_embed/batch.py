@@ -90,10 +90,10 @@ class _State:
             with open(log, "r+b") as f:
                 f.truncate(good)
         rows = sum(1 for e in self.entries if e["status"] == "ok")
-        frames = sum(e["n_frames"] for e in self.entries if e["status"] == "ok") if frames else 0
+        n_frames = sum(e["n_frames"] for e in self.entries if e["status"] == "ok") if frames else 0
         self._truncate("rows.f32", rows * dim * 4)
-        self._truncate("frames.f32", frames * dim * 4)
-        self._truncate("times.f64", frames * 2 * 8)
+        self._truncate("frames.f32", n_frames * dim * 4)
+        self._truncate("times.f64", n_frames * 2 * 8)
         self.log = open(log, "ab")
 
     def _truncate(self, name: str, size: int) -> None:
@@ -263,7 +263,10 @@ def finish(out: Path, state: _State, opts: Options, model: CoalaModel, *, shard,
             ok_pos[k], frame_pos[k] = r, f
             r += 1
             f += e["n_frames"]
-    files, sel, fsel, offsets = [], [], [], [0]
+    files: list[dict] = []
+    sel: list[int] = []
+    fsel: list[np.ndarray] = []
+    offsets = [0]
     for k in order:
         e = dict(state.entries[k])
         if e["status"] == "ok":
@@ -277,14 +280,15 @@ def finish(out: Path, state: _State, opts: Options, model: CoalaModel, *, shard,
     emb = rows[sel] if sel else np.zeros((0, model.config.model.embedding_dim), np.float32)
     paths = np.array([e["path"] for e in files if e["status"] == "ok"])
     if opts.fmt == "npz":
-        arrays = {"embeddings": emb, "paths": paths}
+        arrays: dict[str, np.ndarray] = {"embeddings": emb, "paths": paths}
         if opts.frames:
             idx = np.concatenate(fsel) if fsel else np.zeros(0, int)
+            assert fr is not None and times is not None  # state.arrays(frames=True) returns both
             arrays.update(frames=fr[idx], frame_times=times[idx], frame_offsets=np.asarray(offsets, np.int64))
 
         def write(p: Path) -> None:
             with open(p, "wb") as fh:
-                np.savez(fh, **arrays)
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
     else:
 
         def write(p: Path) -> None:
@@ -316,7 +320,9 @@ def finish(out: Path, state: _State, opts: Options, model: CoalaModel, *, shard,
 
 def merge(outputs: list[Path], out: Path) -> dict:
     """Join shard outputs (npy or npz without frames) into one matrix + manifest, rows in input order."""
-    entries, mats, first = [], [], None
+    entries: list[tuple[int, dict, int]] = []
+    mats: list[np.ndarray] = []
+    first: dict | None = None
     for o in outputs:
         m = json.loads(manifest_path(o).read_text())
         first = first or m
@@ -346,6 +352,8 @@ def merge(outputs: list[Path], out: Path) -> dict:
 
     atomic_write(out, write)
     failed = sum(e["status"] != "ok" for e in files)
+    if first is None:
+        raise CoalaEmbedError("merge needs at least one shard output")
     manifest = dict(first, output=out.name, format="npy", shard=None, files=files)
     manifest["summary"] = {
         "inputs": len(files),

@@ -163,6 +163,7 @@ def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, bat
         raise click.UsageError(str(e)) from e
     indices = list(range(len(paths)))
     if shard:
+        assert k is not None and n is not None  # parsed above
         indices = indices[k - 1 :: n]
         paths = [paths[i] for i in indices]
     if not paths:

@@ -81,7 +81,7 @@ def resample(audio: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     return soxr.resample(audio, sr, target_sr, quality="HQ").astype(np.float32, copy=False)
 
 
-def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+def _hz_to_mel(f: np.ndarray | float) -> np.ndarray:
     # Slaney's Auditory Toolbox scale: linear below 1 kHz, logarithmic above (librosa htk=False).
     f = np.asarray(f, dtype=np.float64)
     f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, np.log(6.4) / 27.0

@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -55,7 +56,7 @@ def _download(repo_spec: str, local_files_only: bool | None) -> Path:
     from . import __version__
 
     repo_id, _, revision = repo_spec.partition("@")
-    kwargs = dict(revision=revision or None, library_name="coala-embed", library_version=__version__)
+    kwargs: dict[str, Any] = dict(revision=revision or None, library_name="coala-embed", library_version=__version__)
     if local_files_only is not None:
         kwargs["local_files_only"] = local_files_only
     try:
@@ -173,7 +174,7 @@ def load_model(
     if bad:
         raise CheckpointError(f"{folder / WEIGHTS_NAME}: wrong tensor shapes: {'; '.join(bad[:5])}")
     model.load_state_dict(state, strict=True)
-    model.source = str(weights or os.environ.get(ENV_WEIGHTS) or folder)  # type: ignore[attr-defined]
+    model.source = str(weights or os.environ.get(ENV_WEIGHTS) or folder)
     model.eval()
     if optimize:
         model.optimize()

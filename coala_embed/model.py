@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -59,11 +61,17 @@ class TagEncoder(nn.Module):
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A Conv2d equal to ``bn(conv(x))`` with BN in eval mode (running statistics), computed in float64."""
+    if bn.running_var is None or bn.running_mean is None:
+        raise ValueError("fold_conv_bn needs a BatchNorm2d that tracks running statistics")
     scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+    pair = lambda v: cast(tuple[int, int], v)  # noqa: E731 (Conv2d stores 2-tuples)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, pair(conv.kernel_size), pair(conv.stride),
+                      pair(conv.padding), bias=True)  # fmt: skip
     w = conv.weight.double() * scale[:, None, None, None]
-    b = (conv.bias.double() - bn.running_mean.double()) * scale + bn.bias.double()
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    b = (bias - bn.running_mean.double()) * scale + bn.bias.double()
     fused.weight.data.copy_(w.float())
+    assert fused.bias is not None  # built with bias=True
     fused.bias.data.copy_(b.float())
     return fused.to(conv.weight.device)
 
@@ -86,6 +94,10 @@ class CoalaModel(nn.Module):
 
     ``forward`` maps unscaled log-mel patches ``[B, 96, 96]`` to embeddings z ``[B, 1152]``.
     """
+
+    scaler_min: torch.Tensor
+    scaler_scale: torch.Tensor
+    source: str | None = None  # where load_model found the weights (folder or Hub repo)
 
     def __init__(self, config: CoalaConfig) -> None:
         super().__init__()
@@ -112,7 +124,7 @@ class CoalaModel(nn.Module):
         self._fast = folded_encoder(self.audio) if fold_bn else None
         self._channels_last = channels_last
         if self._fast is not None and channels_last:
-            self._fast = self._fast.to(memory_format=torch.channels_last)
+            self._fast = self._fast.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return self
 
     def _apply(self, fn, *args, **kwargs):  # keep the folded copy on the same device as the weights

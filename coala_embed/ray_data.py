@@ -66,7 +66,7 @@ def embed_with_ray(
     import ray
 
     items = [{"path": str(p)} for p in paths]
-    ds = ray.data.from_items(items)
+    ds: ray.data.Dataset = ray.data.from_items(items)
     ds = ds.map_batches(
         CoalaEmbedder,
         fn_constructor_kwargs={"weights": weights, "device": "cuda" if num_gpus else "cpu", "batch_size": batch_size},
