@@ -93,6 +93,8 @@ def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", reci
         "validation_losses": {k: v for k, v in meta["row"].items() if k.startswith("val_")},
         "optimizer": meta["run"]["optimizer"],
         "lr": meta["run"]["lr"],
+        "lr_milestones": meta["run"].get("lr_milestones", []),
+        "checkpoint": checkpoint,
         "patch_mode": meta["run"]["patch_mode"],
         "corpus": {k: stats.get(k) for k in ("sounds", "hours", "vocabulary", "tags_per_sound")},
         "machine": machine(),
@@ -119,6 +121,12 @@ def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
     )
     fe = cfg["frontend"]
     hours = info.get("training_seconds") or 0
+    decay = "".join(f", x{f:g} from {int(at):,} samples" for at, f in info.get("lr_milestones") or [])
+    chosen = (
+        "the checkpoint with the lowest validation loss"
+        if info.get("checkpoint", "best.pt") == "best.pt"
+        else f"checkpoint `{info.get('checkpoint')}`, chosen by mean downstream accuracy on the validation splits"
+    )
     text = f"""---
 library_name: coala-embed
 license: mit
@@ -147,11 +155,11 @@ emb = get_embedding(audio, sr, model=model)   # [1152] float32
 
 ## Training
 
-- Variant: {info.get("variant")} (loss weights 5 / 5 / 10, tau 0.1), optimiser {info.get("optimizer")} lr {info.get("lr")}
+- Variant: {info.get("variant")} (loss weights 5 / 5 / 10, tau 0.1), optimiser {info.get("optimizer")} lr {info.get("lr")}{decay}
   (chosen over the paper's SGD, lr 5e-3, on a 40k-sample comparison: see training/README.md),
   batch 128, patch mode `{info.get("patch_mode")}`; bf16 autocast + channels-last on the CPU.
 - Samples seen: {info.get("samples_seen")} patch-samples ({(info.get("epoch") or 0) + 1} epochs) in {hours / 3600:.1f} h on
-  {info.get("machine")}; checkpoint with the lowest validation loss; commit {info.get("commit")}.
+  {info.get("machine")}; {chosen}; commit {info.get("commit")}.
 - Validation losses: {json.dumps({k: round(v, 4) for k, v in info.get("validation_losses", {}).items()})}
 - Front-end: {fe["sample_rate"]} Hz, STFT {fe["n_fft"]}/{fe["hop_length"]}, {fe["n_mels"]} Slaney mel bands, natural log,
   96-frame patches (2.23 s); clip recipe `{fe["pooling"]}` with a patch hop of {fe["chunk_hop"]} frames.
