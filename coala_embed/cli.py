@@ -220,8 +220,16 @@ def merge_cmd(shards, out, force) -> None:
 @click.option("--weights", default=None, help="Checkpoint folder or Hub repo id [default: bundled].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def tags_cmd(files, top_k, weights, device, as_json) -> None:
-    """Zero-shot tags of FILES from the co-aligned tag space (cosine of audio and tag projections)."""
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "neighbours", "one-hot"]),
+    default="auto",
+    show_default=True,
+    help="neighbours: the training tag sets nearest to the sound vote (scores 0-1); one-hot: cosine of the "
+    "sound and each single tag (-1-1); auto: neighbours when the checkpoint holds tag sets.",
+)
+def tags_cmd(files, top_k, weights, device, as_json, method) -> None:
+    """Tags of FILES from COALA's co-aligned audio-tag space (see --method)."""
     import json
 
     from .audio_io import load_audio
@@ -232,7 +240,7 @@ def tags_cmd(files, top_k, weights, device, as_json) -> None:
     for f in files:
         try:
             audio, sr = load_audio(f)
-            out[str(f)] = predict_tags(audio, sr, model=model, top_k=top_k)
+            out[str(f)] = predict_tags(audio, sr, model=model, top_k=top_k, method=method)
         except CoalaEmbedError as e:
             click.echo(f"failed: {e}", err=True)
             failed = True

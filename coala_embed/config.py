@@ -83,12 +83,18 @@ class CoalaConfig:
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     tags: tuple[str, ...] = ()
+    # The training split's distinct tag sets (vocabulary indices) and how many sounds had each one:
+    # predict_tags lets the sets nearest to a sound in the co-aligned space vote for its tags.
+    tag_sets: tuple[tuple[int, ...], ...] = ()
+    tag_set_counts: tuple[int, ...] = ()
     trained: bool = False  # False for random weights: load_model() refuses them as a default
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["tags"] = list(self.tags)
+        d["tag_sets"] = [list(s) for s in self.tag_sets]
+        d["tag_set_counts"] = list(self.tag_set_counts)
         d["model_type"] = "coala"
         return d
 
@@ -99,10 +105,20 @@ class CoalaConfig:
             model = ModelConfig(**d.get("model", {}))
         except TypeError as e:
             raise CheckpointError(f"config.json has an unknown setting: {e}") from e
+        tags = tuple(d.get("tags", ()))
+        try:
+            tag_sets = tuple(tuple(int(i) for i in s) for s in d.get("tag_sets", ()))
+            counts = tuple(int(c) for c in d.get("tag_set_counts", ()))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"config.json: tag_sets must be lists of tag indices ({e})") from e
+        if len(counts) != len(tag_sets) or any(not 0 <= i < len(tags) for s in tag_sets for i in s):
+            raise CheckpointError("config.json: tag_sets and tag_set_counts do not match each other or the tags")
         return cls(
             frontend=frontend,
             model=model,
-            tags=tuple(d.get("tags", ())),
+            tags=tags,
+            tag_sets=tag_sets,
+            tag_set_counts=counts,
             trained=bool(d.get("trained", False)),
             info=dict(d.get("info", {})),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -196,7 +197,7 @@ def save_pretrained(model: CoalaModel, folder: str | os.PathLike, *, trained: bo
     all_info = dict(model.config.info)
     all_info.update(info or {})
     all_info["sha256"] = sha256_file(tmp_weights)
-    config = CoalaConfig(model.config.frontend, model.config.model, model.config.tags, trained, all_info)
+    config = dataclasses.replace(model.config, trained=trained, info=all_info)
     tmp_cfg = folder / (CONFIG_NAME + ".tmp")
     config.save(tmp_cfg)
     os.chmod(tmp_weights, 0o644)  # NamedTemporaryFile makes it private; a checkpoint is meant to be shared

@@ -43,20 +43,70 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(b, dim=1).t()
 
 
+METHODS = ("auto", "neighbours", "one-hot")
+
+
+@torch.inference_mode()
+def tag_scores(
+    model: CoalaModel,
+    z: np.ndarray | torch.Tensor,
+    *,
+    method: str = "auto",
+    k: int = 20,
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """Scores ``[N, n_tags]`` of every vocabulary tag for embeddings z ``[N, 1152]``.
+
+    ``"neighbours"``: the ``k`` training tag sets (``config.tag_sets``) whose projections are nearest to the
+    sound's projection vote for their tags, each with weight ``count * exp((cos - best cos) / temperature)``;
+    a score is the weighted share of votes, in [0, 1]. ``"one-hot"``: cosine between the sound's projection and
+    each single tag's projection, in [-1, 1] (the tag encoder only saw multi-hot sets in training, so one-hot
+    inputs rank worse: see the model card). ``"auto"``: neighbours when the checkpoint has tag sets.
+
+    Raises:
+        CoalaEmbedError: no tag encoder, an unknown method, or ``"neighbours"`` without tag sets.
+    """
+    _require_tags(model)
+    if method not in METHODS:
+        raise CoalaEmbedError(f"method must be one of {METHODS}, got {method!r}")
+    sets = model.config.tag_sets
+    if method == "auto":
+        method = "neighbours" if sets else "one-hot"
+    a = audio_projections(model, z)
+    if method == "one-hot":
+        return _cosine(a, tag_projections(model)).cpu()
+    if not sets:
+        raise CoalaEmbedError("this checkpoint has no training tag sets; use method='one-hot'")
+    multi_hot = torch.zeros(len(sets), len(model.config.tags), device=model.device)
+    for row, s in enumerate(sets):
+        multi_hot[row, list(s)] = 1.0
+    counts = torch.tensor(model.config.tag_set_counts, dtype=torch.float32, device=model.device)
+    sims = _cosine(a, model.tag_projection(multi_hot).float())
+    near, idx = sims.topk(min(k, len(sets)), dim=1)
+    w = counts[idx] * torch.exp((near - near[:, :1]) / temperature)
+    w = w / w.sum(dim=1, keepdim=True)
+    return (w[:, :, None] * multi_hot[idx]).sum(dim=1).cpu()
+
+
 def predict_tags(
-    audio: np.ndarray | torch.Tensor, sr: int, *, model: CoalaModel | None = None, top_k: int = 10
+    audio: np.ndarray | torch.Tensor,
+    sr: int,
+    *,
+    model: CoalaModel | None = None,
+    top_k: int = 10,
+    method: str = "auto",
 ) -> list[tuple[str, float]]:
-    """Rank the vocabulary's tags for a sound by cosine similarity between the sound's projection (encoder +
-    audio projection head, averaged over its patches) and each tag's projection.
+    """Rank the vocabulary's tags for a sound from its projection in the co-aligned space (encoder + audio
+    projection head, averaged over its patches); see :func:`tag_scores` for the methods.
 
     Returns:
-        ``[(tag, score), ...]``, the ``top_k`` best, scores in [-1, 1].
+        ``[(tag, score), ...]``, the ``top_k`` best.
     """
     model = _model(model, None)
     vocab = _require_tags(model)
     p = prepare(audio, sr, model.config.frontend)
     z = embed_patches(model, p.patches).mean(axis=0, keepdims=True)
-    scores = _cosine(audio_projections(model, z), tag_projections(model))[0].cpu()
+    scores = tag_scores(model, z, method=method)[0]
     best = torch.topk(scores, min(top_k, len(vocab)))
     return [(vocab[i], float(s)) for s, i in zip(best.values, best.indices)]
 

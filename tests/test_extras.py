@@ -14,12 +14,16 @@ from conftest import SHARED, SR, noise, sine
 from coala_embed import hear, load_model
 from coala_embed.cli import main
 from coala_embed.convert import convert_original
-from coala_embed.errors import CheckpointError
+from coala_embed.errors import CheckpointError, CoalaEmbedError
 from coala_embed.model import AudioEncoder, TagEncoder
-from coala_embed.tags import UnknownTagError, predict_tags, query_vector, search, tag_projections
+from coala_embed.tags import UnknownTagError, predict_tags, query_vector, search, tag_projections, tag_scores
+
+SETS = ((0, 1), (2,), (3, 4, 5))
+COUNTS = (1, 2, 1)
 
 
 def test_predict_tags_ranks_by_cosine(model):
+    assert not model.config.tag_sets  # so "auto" means one-hot here
     tags = predict_tags(sine(440, 3.0), SR, model=model, top_k=3)
     assert len(tags) == 3 and all(t in model.config.tags for t, _ in tags)
     scores = [s for _, s in tags]
@@ -31,6 +35,55 @@ def test_predict_tags_ranks_by_cosine(model):
     with torch.no_grad():
         sims = F.cosine_similarity(model.project_audio(z), tag_projections(model))
     assert tags[0][0] == model.config.tags[int(sims.argmax())]
+
+
+@pytest.fixture(scope="module")
+def set_model(tmp_path_factory):
+    """The random test model with three training tag sets, saved and loaded back."""
+    import dataclasses
+
+    from conftest import random_model
+
+    from coala_embed import save_pretrained
+
+    m = random_model()
+    m.config = dataclasses.replace(m.config, tag_sets=SETS, tag_set_counts=COUNTS)
+    folder = tmp_path_factory.mktemp("sets")
+    save_pretrained(m, folder, trained=False)
+    return load_model(folder, device="cpu")
+
+
+def test_neighbour_tags_are_the_votes_of_the_nearest_sets(set_model):
+    from coala_embed import get_embedding
+
+    assert set_model.config.tag_sets == SETS and set_model.config.tag_set_counts == COUNTS  # survived the round trip
+    z = torch.from_numpy(get_embedding(noise(3.0), SR, model=set_model))[None]
+    multi_hot = torch.zeros(3, 8)
+    for r, s in enumerate(SETS):
+        multi_hot[r, list(s)] = 1
+    with torch.no_grad():
+        nearest = int(F.cosine_similarity(set_model.project_audio(z), set_model.tag_projection(multi_hot)).argmax())
+    top1 = tag_scores(set_model, z, method="neighbours", k=1)[0]
+    assert torch.equal(top1, multi_hot[nearest])  # one neighbour: its tags get the whole vote
+    flat = tag_scores(set_model, z, method="neighbours", k=3, temperature=1e9)[0]  # equal similarity weights
+    expected = (torch.tensor(COUNTS, dtype=torch.float32)[:, None] * multi_hot).sum(0) / sum(COUNTS)
+    torch.testing.assert_close(flat, expected)
+    tags = predict_tags(noise(3.0), SR, model=set_model, top_k=2)  # auto -> neighbours
+    assert all(0 <= s <= 1 for _, s in tags) and tags[0][1] >= tags[1][1]
+    with pytest.raises(CoalaEmbedError, match="method must be one of"):
+        tag_scores(set_model, z, method="knn")
+
+
+def test_tag_sets_are_checked_on_load(weights_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(weights_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg.update(tag_sets=[[0, 99]], tag_set_counts=[1])  # index 99 is outside the 8-word vocabulary
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="tag_sets"):
+        load_model(bad, device="cpu")
 
 
 def test_search_and_unknown_words(model):

@@ -6,6 +6,7 @@ python -m training.export [--run DATA/runs/ae_c] [--out weights] [--card]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import subprocess
@@ -32,6 +33,13 @@ def build_model(run: Path, corpus: Path, checkpoint: str = "best.pt") -> tuple[C
     config = CoalaConfig(
         FrontendConfig(), ModelConfig(n_tags=0 if is_cnn else len(vocab)), () if is_cnn else tuple(vocab)
     )
+    if not is_cnn:  # the training split's distinct tag sets and their counts, for predict_tags' neighbour votes
+        sets, counts = np.unique(index["labels"][~index["val"]] > 0, axis=0, return_counts=True)
+        config = dataclasses.replace(
+            config,
+            tag_sets=tuple(tuple(int(i) for i in np.flatnonzero(row)) for row in sets),
+            tag_set_counts=tuple(int(c) for c in counts),
+        )
     model = CoalaModel(config)
     if is_cnn:
         enc = {f"audio_encoder.{k[len('encoder.') :]}": v for k, v in models["cnn"].items() if k.startswith("encoder.")}
