@@ -193,6 +193,24 @@ def test_run_sh_smoke(tmp_path):
     assert "## Evaluation" in (weights / "README.md").read_text()
     results = json.loads((tmp_path / "smoke" / "eval" / "results_test.json").read_text())
     assert {r["embedding"] for r in results["rows"]} >= {"mfcc", "ae_c", "e_c", "cnn", "random"}
+    # the shipped checkpoint is the one the selection stage chose on the validation splits
+    selected = json.loads((tmp_path / "smoke" / "runs" / "ae_c" / "selected.json").read_text())
+    assert model.config.info["checkpoint"] == selected["checkpoint"] and selected["checkpoint"] in selected["means"]
+    assert model.config.tag_sets and len(model.config.tag_sets) == len(model.config.tag_set_counts)
+
+
+def test_selection_candidates(tmp_path):
+    from training.select import candidates, selected_checkpoint
+
+    for e in range(30):
+        (tmp_path / f"snapshot_epoch{e}.pt").touch()
+    (tmp_path / "best.pt").touch()
+    assert candidates(tmp_path, window=12, every=4) == [
+        "snapshot_epoch21.pt", "snapshot_epoch25.pt", "snapshot_epoch29.pt", "best.pt"
+    ]  # fmt: skip
+    assert selected_checkpoint(tmp_path) == "best.pt"  # before the stage ran
+    (tmp_path / "selected.json").write_text(json.dumps({"checkpoint": "snapshot_epoch25.pt"}))
+    assert selected_checkpoint(tmp_path) == "snapshot_epoch25.pt"
 
 
 def test_cca_and_average_precision():

@@ -109,7 +109,7 @@ def mfcc_features(task: str, rows: list[dict], cache: Path) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- models
 def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
-    """``NAME`` (a run in DATA/runs, its best.pt), ``NAME:FILE`` (another checkpoint of that run, e.g.
+    """``NAME`` (a run in DATA/runs: the checkpoint ``training.select`` chose, else its best.pt), ``NAME:FILE`` (another checkpoint of that run, e.g.
     ``ae_c:snapshot_epoch4.pt``), ``random`` (untrained encoder with the corpus scaler), or ``NAME=PATH`` (an
     exported folder, e.g. ``shipped=weights``)."""
     from .export import build_model
@@ -125,7 +125,9 @@ def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
         model.scaler_scale.copy_(torch.from_numpy(index["scaler_scale"]))
         return "random", model.eval().optimize()
     run, _, checkpoint = spec.partition(":")
-    model, _ = build_model(data / "runs" / run, data / "corpus", checkpoint or "best.pt")
+    from .select import selected_checkpoint
+
+    model, _ = build_model(data / "runs" / run, data / "corpus", checkpoint or selected_checkpoint(data / "runs" / run))
     return spec, model.optimize()
 
 

@@ -216,7 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
     p.add_argument("--run", help="run folder (default: DATA/runs/ae_c)")
     p.add_argument("--corpus", default="corpus")
-    p.add_argument("--checkpoint", default="best.pt")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="file in the run folder (default: the one training.select chose, else best.pt)",
+    )
     p.add_argument("--out", default="weights")
     p.add_argument(
         "--recipe", default=None, help="default clip recipe (see training/evaluate.py), chosen on validation"
@@ -225,10 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     root = data_dir(a.data)
     run = Path(a.run) if a.run else root / "runs" / "ae_c"
-    folder = export(run, root / a.corpus, Path(a.out), a.checkpoint, a.recipe)
+    from .select import selected_checkpoint
+
+    checkpoint = a.checkpoint or selected_checkpoint(run)
+    folder = export(run, root / a.corpus, Path(a.out), checkpoint, a.recipe)
     if a.card:
         write_card(folder, root / a.corpus, a.card)
-    print(f"exported {run / a.checkpoint} to {folder}")
+    print(f"exported {run / checkpoint} to {folder}")
     return 0
 
 

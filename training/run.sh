@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Reproduce weights/ end to end: corpus -> AE-C, E-C, CNN -> evaluation tasks -> evaluation -> export.
+# Reproduce weights/ end to end: corpus -> AE-C, E-C, CNN -> evaluation tasks -> checkpoint selection on the
+# validation splits -> evaluation -> export.
 # Every stage resumes where it stopped and is skipped when done.
 #
 #   bash training/run.sh              # the full run (data in $COALA_EMBED_DATA or ~/.cache/coala-embed)
 #   bash training/run.sh --smoke      # the whole chain on a tiny generated corpus, in minutes
 #   bash training/run.sh --skip corpus,ec,cnn --until evaluate
 #
-# Stages: corpus ae_c ec cnn tasks evaluate export
+# Stages: corpus ae_c ec cnn tasks select evaluate export
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +19,7 @@ while [ $# -gt 0 ]; do
     --smoke) SMOKE=1 ;;
     --skip) SKIP="$2"; shift ;;
     --until) UNTIL="$2"; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -30,10 +31,12 @@ if [ "$SMOKE" = 1 ]; then
   DATA="$DATA/smoke"
   TRAIN_SET=(max_samples=512 min_samples=512 batch_size=32 checkpoint_minutes=0.05)
   EVAL_ARGS=(--seeds 2)
+  SELECT_ARGS=(--seeds 1)
   OUT="$DATA/weights"
 else
   TRAIN_SET=()
   EVAL_ARGS=(--seeds 10 --loso)
+  SELECT_ARGS=(--seeds 2)
   OUT="weights"
 fi
 export COALA_EMBED_DATA="$DATA"
@@ -74,6 +77,11 @@ if stage tasks; then
   fi
 fi
 stop_after tasks
+
+if stage select; then
+  $PY -m training.select --run ae_c "${SELECT_ARGS[@]}"
+fi
+stop_after select
 
 if stage evaluate; then
   $PY -m training.evaluate --model ae_c --model e_c --model cnn --model random --split val "${EVAL_ARGS[@]}"
