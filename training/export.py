@@ -152,7 +152,7 @@ A {cfg["model"]["embedding_dim"]}-d audio embedding from COALA (Favory, Drossos,
 Autoencoders for Learning Semantically Enriched Audio Representations", ICML 2020 workshop on Self-supervision in
 Audio and Speech): a convolutional autoencoder on log-mel patches and an autoencoder on the sounds' tags, whose
 latent codes are aligned by a contrastive loss. This checkpoint holds the audio encoder with its projection
-head, the tag encoder with its projection head ({cfg["model"]["n_tags"]} tags, for zero-shot tagging), and
+head, the tag encoder with its projection head ({cfg["model"]["n_tags"]} tags, for tagging and text search), and
 the min-max scaler of the training patches.
 
 ```python
@@ -203,9 +203,10 @@ weights.
 - Trained on about {stats.get("hours")} h of game, desktop and synthesised sounds, not on Freesound: far less data than the
   paper's 190k sounds, and tags from file paths are noisy. Expect weaker results than the paper's.
 - Clips shorter than one patch (2.23 s) are zero-padded; very short sounds get a single patch.
-- Zero-shot tags come from a {cfg["model"]["n_tags"]}-word vocabulary of game and desktop sounds; compare their
-  precision with the popularity baseline above before relying on them (one-hot tags are far from the multi-hot
-  tag sets the contrastive loss aligned during training).
+- Tags come from a {cfg["model"]["n_tags"]}-word vocabulary of game and desktop sounds, voted by the
+  {len(cfg.get("tag_sets", []))} distinct tag sets of the training sounds (`predict_tags`' default); the validation
+  sounds above share packages and naming habits with the training sounds, so expect lower precision on other
+  audio. Ranking single tags by cosine (`method="one-hot"`) is weaker: the tag encoder only saw multi-hot sets.
 """
     (folder / "README.md").write_text(text)
     return folder / "README.md"
