@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,14 @@ class CoalaConfig:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        text = json.dumps(self.to_dict(), indent=2)
+        # lists of integers (the tag sets) on one line each, so the file stays readable
+        text = re.sub(
+            r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]",
+            lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
+            text,
+        )
+        Path(path).write_text(text + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> CoalaConfig:
