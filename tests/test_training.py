@@ -205,8 +205,8 @@ def test_selection_candidates(tmp_path):
     for e in range(30):
         (tmp_path / f"snapshot_epoch{e}.pt").touch()
     (tmp_path / "best.pt").touch()
-    assert candidates(tmp_path, window=12, every=4) == [
-        "snapshot_epoch21.pt", "snapshot_epoch25.pt", "snapshot_epoch29.pt", "best.pt"
+    assert candidates(tmp_path, every=8) == [
+        "snapshot_epoch7.pt", "snapshot_epoch15.pt", "snapshot_epoch23.pt", "snapshot_epoch29.pt", "best.pt"
     ]  # fmt: skip
     assert selected_checkpoint(tmp_path) == "best.pt"  # before the stage ran
     (tmp_path / "selected.json").write_text(json.dumps({"checkpoint": "snapshot_epoch25.pt"}))

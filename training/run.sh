@@ -31,7 +31,7 @@ if [ "$SMOKE" = 1 ]; then
   DATA="$DATA/smoke"
   TRAIN_SET=(max_samples=512 min_samples=512 batch_size=32 checkpoint_minutes=0.05)
   EVAL_ARGS=(--seeds 2)
-  SELECT_ARGS=(--seeds 1)
+  SELECT_ARGS=(--seeds 1 --every 1)
   OUT="$DATA/weights"
 else
   TRAIN_SET=()

@@ -1,13 +1,17 @@
 """Choose the checkpoint to ship by downstream accuracy on the validation splits (never the test splits).
 
 Training saves the encoders of every epoch (``snapshot_epochN.pt``); the lowest validation *loss* (``best.pt``)
-is not always the best *embedding*. This stage scores candidate snapshots with the evaluation protocol
-(``training/evaluate.py``: MLP probe, ``signal`` recipe) on the three validation splits and writes
-``RUN/selected.json``; ``training.evaluate --model NAME`` and ``training.export`` then use that checkpoint.
+is not always the best *embedding*. This stage scores candidate checkpoints with the evaluation protocol
+(``training/evaluate.py``: ``signal`` recipe, MLP probe, mean accuracy over ``--seeds`` seeds) on the three
+validation splits and writes ``RUN/selected.json``; ``training.evaluate --model NAME`` and
+``training.export`` then use that checkpoint. The highest mean accuracy over the three tasks wins.
 
-Candidates: every ``--every``-th epoch among the last ``--window`` epochs, the last epoch and ``best.pt``.
+Candidates: every ``--every``-th epoch of the whole run (epochs every-1, 2*every-1, ...), the last epoch and
+``best.pt``. Scores are cached in ``RUN/selection_scores.json`` (keyed by file, size and time), so snapshots
+can be scored while training runs (``--score-only``) and the final selection only scores what is new.
 
-    python -m training.select [--run ae_c] [--window 24] [--every 4] [--seeds 2]
+    python -m training.select [--run ae_c] [--every 8] [--seeds 2]
+    python -m training.select --score-only --wait      # score each new candidate as training writes it
 """
 
 from __future__ import annotations
@@ -17,23 +21,27 @@ import json
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 
 from .corpus import data_dir
 
 log = logging.getLogger(__name__)
 SELECTED = "selected.json"
+CACHE = "selection_scores.json"
 
 
-def candidates(run: Path, window: int, every: int) -> list[str]:
-    """Snapshot file names to score, oldest first, plus ``best.pt`` when it exists."""
-    epochs = sorted(int(m.group(1)) for p in run.glob("snapshot_epoch*.pt") if (m := re.search(r"(\d+)\.pt$", p.name)))
+def snapshot_epochs(run: Path) -> list[int]:
+    return sorted(int(m.group(1)) for p in run.glob("snapshot_epoch*.pt") if (m := re.search(r"(\d+)\.pt$", p.name)))
+
+
+def candidates(run: Path, every: int) -> list[str]:
+    """Checkpoint file names to score, oldest first: the grid of epochs, the last epoch, ``best.pt``."""
+    epochs = snapshot_epochs(run)
     if not epochs:
         raise SystemExit(f"{run}: no snapshot_epochN.pt files (train first)")
-    last = epochs[-1]
-    chosen = [e for e in epochs if e > last - window and (last - e) % every == 0]
-    names = [f"snapshot_epoch{e}.pt" for e in chosen]
-    return names + (["best.pt"] if (run / "best.pt").exists() else [])
+    chosen = [e for e in epochs if (e + 1) % every == 0 or e == epochs[-1]]
+    return [f"snapshot_epoch{e}.pt" for e in chosen] + (["best.pt"] if (run / "best.pt").exists() else [])
 
 
 def selected_checkpoint(run: Path) -> str:
@@ -42,17 +50,55 @@ def selected_checkpoint(run: Path) -> str:
     return json.loads(f.read_text())["checkpoint"] if f.exists() else "best.pt"
 
 
-def select(data: Path, run_name: str, window: int, every: int, seeds: int) -> dict:
-    from .evaluate import evaluate
+def _key(path: Path, seeds: int) -> str:
+    st = path.stat()
+    return f"{path.name}|{st.st_size}|{st.st_mtime_ns}|{seeds}"
 
+
+def score(data: Path, run_name: str, checkpoint: str, seeds: int) -> dict[str, float]:
+    """Validation accuracy (%) of one checkpoint on each task: ``signal`` recipe, MLP(256), mean over seeds."""
+    import dataclasses
+
+    from coala_embed.api import embed_patches
+
+    from .evaluate import RECIPES, classify_mlp, clip_features, resolve_model, split_xy, task_patches
+    from .tasks import TASKS, read_task
+
+    _, model = resolve_model(f"{run_name}:{checkpoint}", data)
+    changes, stat = RECIPES["signal"]
+    cfg = dataclasses.replace(model.config.frontend, **changes)
+    out = {}
+    for task in TASKS:
+        rows = read_task(data / "tasks" / task)
+        patches, offsets = task_patches(task, rows, cfg, data / "eval-cache")
+        feats = clip_features(embed_patches(model, patches, 256), offsets, stat)
+        out[task] = round(100 * classify_mlp(*split_xy(feats, rows, "val"), seeds), 2)
+    return out
+
+
+def scores_for(data: Path, run_name: str, names: list[str], seeds: int) -> dict[str, dict[str, float]]:
+    """Scores of ``names``, from the cache where the same file was already scored with the same seeds."""
     run = data / "runs" / run_name
-    names = candidates(run, window, every)
-    specs = [f"{run_name}:{n}" for n in names]
-    res = evaluate(data, specs, ["signal"], "val", seeds, data / "eval-select", loso=False)
-    scores: dict[str, dict[str, float]] = {}
-    for r in res["rows"]:
-        if r["embedding"] in specs:
-            scores.setdefault(r["embedding"].split(":", 1)[1], {})[r["task"]] = round(100 * r["mlp_mean"], 2)
+    cache_file = run / CACHE
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    out = {}
+    for name in names:
+        key = _key(run / name, seeds)
+        if key not in cache:
+            t0 = time.time()
+            cache[key] = score(data, run_name, name, seeds)
+            log.info("%s: %s (%.0f s)", name, cache[key], time.time() - t0)
+            tmp = cache_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=1) + "\n")
+            tmp.replace(cache_file)
+        out[name] = cache[key]
+    return out
+
+
+def select(data: Path, run_name: str, every: int, seeds: int) -> dict:
+    run = data / "runs" / run_name
+    names = candidates(run, every)
+    scores = scores_for(data, run_name, names, seeds)
     means = {n: round(sum(s.values()) / len(s), 2) for n, s in scores.items()}
     best = max(names, key=lambda n: means[n])  # ties: the earlier candidate
     out = {"checkpoint": best, "mean_val_accuracy": means[best], "seeds": seeds, "scores": scores, "means": means}
@@ -63,21 +109,45 @@ def select(data: Path, run_name: str, window: int, every: int, seeds: int) -> di
     return out
 
 
+def score_while_training(data: Path, run_name: str, every: int, seeds: int) -> None:
+    """Score each grid snapshot as soon as the next epoch's snapshot exists (so the file is complete); stop
+    when the run writes DONE."""
+    run = data / "runs" / run_name
+    while True:
+        epochs = snapshot_epochs(run)
+        done = (run / "DONE").exists()
+        ready = [e for e in epochs if (e + 1) % every == 0 and (done or e < epochs[-1])]
+        scores_for(data, run_name, [f"snapshot_epoch{e}.pt" for e in ready], seeds)
+        if done:
+            return
+        time.sleep(30)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
     p.add_argument("--run", default="ae_c", help="run name in DATA/runs")
-    p.add_argument("--window", type=int, default=24, help="consider snapshots of the last this many epochs")
-    p.add_argument("--every", type=int, default=4, help="score every this-many-th of them (the last always)")
+    p.add_argument("--every", type=int, default=8, help="score every this-many-th epoch (and the last, and best.pt)")
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--score-only", action="store_true", help="only fill the score cache, choose nothing")
+    p.add_argument("--wait", action="store_true", help="with --score-only: keep scoring new snapshots until DONE")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out = select(data_dir(a.data), a.run, a.window, a.every, a.seeds)
-    print("| checkpoint | " + " | ".join(next(iter(out["scores"].values()))) + " | mean |")
-    print("|---|" + "---|" * (len(next(iter(out["scores"].values()))) + 1))
+    root = data_dir(a.data)
+    if a.score_only:
+        if a.wait:
+            score_while_training(root, a.run, a.every, a.seeds)
+        else:
+            names = [n for n in candidates(root / "runs" / a.run, a.every) if n != "best.pt"]
+            scores_for(root, a.run, names, a.seeds)
+        return 0
+    out = select(root, a.run, a.every, a.seeds)
+    tasks = list(next(iter(out["scores"].values())))
+    print("| checkpoint | " + " | ".join(tasks) + " | mean |")
+    print("|---|" + "---|" * (len(tasks) + 1))
     for name, s in out["scores"].items():
         mark = " (selected)" if name == out["checkpoint"] else ""
-        print(f"| {name}{mark} | " + " | ".join(f"{v:.1f}" for v in s.values()) + f" | {out['means'][name]:.2f} |")
+        print(f"| {name}{mark} | " + " | ".join(f"{s[t]:.1f}" for t in tasks) + f" | {out['means'][name]:.2f} |")
     return 0
 
 
