@@ -206,7 +206,8 @@ def test_selection_candidates(tmp_path):
         (tmp_path / f"snapshot_epoch{e}.pt").touch()
     (tmp_path / "best.pt").touch()
     assert candidates(tmp_path, every=8) == [
-        "snapshot_epoch7.pt", "snapshot_epoch15.pt", "snapshot_epoch23.pt", "snapshot_epoch29.pt", "best.pt"
+        "snapshot_epoch4.pt", "snapshot_epoch12.pt", "snapshot_epoch20.pt", "snapshot_epoch28.pt", "snapshot_epoch29.pt",
+        "best.pt",
     ]  # fmt: skip
     assert selected_checkpoint(tmp_path) == "best.pt"  # before the stage ran
     (tmp_path / "selected.json").write_text(json.dumps({"checkpoint": "snapshot_epoch25.pt"}))

@@ -6,7 +6,7 @@ is not always the best *embedding*. This stage scores candidate checkpoints with
 validation splits and writes ``RUN/selected.json``; ``training.evaluate --model NAME`` and
 ``training.export`` then use that checkpoint. The highest mean accuracy over the three tasks wins.
 
-Candidates: every ``--every``-th epoch of the whole run (epochs every-1, 2*every-1, ...), the last epoch and
+Candidates: every ``--every``-th epoch of the whole run (epochs every/2, 3*every/2, ...), the last epoch and
 ``best.pt``. Scores are cached in ``RUN/selection_scores.json`` (keyed by file, size and time), so snapshots
 can be scored while training runs (``--score-only``) and the final selection only scores what is new.
 
@@ -35,12 +35,16 @@ def snapshot_epochs(run: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in run.glob("snapshot_epoch*.pt") if (m := re.search(r"(\d+)\.pt$", p.name)))
 
 
+def on_grid(epoch: int, every: int) -> bool:
+    return epoch % every == every // 2
+
+
 def candidates(run: Path, every: int) -> list[str]:
     """Checkpoint file names to score, oldest first: the grid of epochs, the last epoch, ``best.pt``."""
     epochs = snapshot_epochs(run)
     if not epochs:
         raise SystemExit(f"{run}: no snapshot_epochN.pt files (train first)")
-    chosen = [e for e in epochs if (e + 1) % every == 0 or e == epochs[-1]]
+    chosen = [e for e in epochs if on_grid(e, every) or e == epochs[-1]]
     return [f"snapshot_epoch{e}.pt" for e in chosen] + (["best.pt"] if (run / "best.pt").exists() else [])
 
 
@@ -116,7 +120,7 @@ def score_while_training(data: Path, run_name: str, every: int, seeds: int) -> N
     while True:
         epochs = snapshot_epochs(run)
         done = (run / "DONE").exists()
-        ready = [e for e in epochs if (e + 1) % every == 0 and (done or e < epochs[-1])]
+        ready = [e for e in epochs if on_grid(e, every) and (done or e < epochs[-1])]
         scores_for(data, run_name, [f"snapshot_epoch{e}.pt" for e in ready], seeds)
         if done:
             return
