@@ -195,7 +195,7 @@ weights.
 
 ### Validation split (used for every choice)
 {tables.get("val", "(not run)")}
-### Zero-shot tags and CCA (`training/analysis.py`)
+### Tags and CCA (`training/analysis.py`)
 {analysis}
 
 ## Limits
