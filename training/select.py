@@ -59,8 +59,11 @@ def _key(path: Path, seeds: int) -> str:
     return f"{path.name}|{st.st_size}|{st.st_mtime_ns}|{seeds}"
 
 
-def score(data: Path, run_name: str, checkpoint: str, seeds: int) -> dict[str, float]:
-    """Validation accuracy (%) of one checkpoint on each task: ``signal`` recipe, MLP(256), mean over seeds."""
+def score(data: Path, run_name: str, checkpoint: str, seeds: int, loaded: dict | None = None) -> dict[str, float]:
+    """Validation accuracy (%) of one checkpoint on each task: ``signal`` recipe, MLP(256), mean over seeds.
+
+    ``loaded`` keeps each task's rows and patches between calls, so scoring many checkpoints reads them once.
+    """
     import dataclasses
 
     from coala_embed.api import embed_patches
@@ -68,13 +71,16 @@ def score(data: Path, run_name: str, checkpoint: str, seeds: int) -> dict[str, f
     from .evaluate import RECIPES, classify_mlp, clip_features, resolve_model, split_xy, task_patches
     from .tasks import TASKS, read_task
 
+    loaded = {} if loaded is None else loaded
     _, model = resolve_model(f"{run_name}:{checkpoint}", data)
     changes, stat = RECIPES["signal"]
     cfg = dataclasses.replace(model.config.frontend, **changes)
     out = {}
     for task in TASKS:
-        rows = read_task(data / "tasks" / task)
-        patches, offsets = task_patches(task, rows, cfg, data / "eval-cache")
+        if (task, cfg) not in loaded:
+            rows = read_task(data / "tasks" / task)
+            loaded[task, cfg] = (rows, *task_patches(task, rows, cfg, data / "eval-cache"))
+        rows, patches, offsets = loaded[task, cfg]
         feats = clip_features(embed_patches(model, patches, 256), offsets, stat)
         out[task] = round(100 * classify_mlp(*split_xy(feats, rows, "val"), seeds), 2)
     return out
@@ -85,12 +91,13 @@ def scores_for(data: Path, run_name: str, names: list[str], seeds: int) -> dict[
     run = data / "runs" / run_name
     cache_file = run / CACHE
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    loaded: dict = {}
     out = {}
     for name in names:
         key = _key(run / name, seeds)
         if key not in cache:
             t0 = time.time()
-            cache[key] = score(data, run_name, name, seeds)
+            cache[key] = score(data, run_name, name, seeds, loaded)
             log.info("%s: %s (%.0f s)", name, cache[key], time.time() - t0)
             tmp = cache_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(cache, indent=1) + "\n")
