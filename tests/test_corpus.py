@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,8 +63,14 @@ def test_excluded_packages_never_reach_the_corpus(tmp_path):
         d = tmp_path / "extracted" / pkg / "usr" / "share" / "sounds"
         d.mkdir(parents=True)
         sf.write(d / "bell.wav", np.zeros(2000, np.float32), 22_050)
+    # ...nor are copies of evaluation sounds inside a pretraining package (cube2-data's 0 A.D. folder)
+    copied = tmp_path / "extracted" / "cube2-data" / "usr" / "share" / "games" / "cube2" / "packages" / "sounds" / "0ad"
+    copied.mkdir(parents=True)
+    sf.write(copied / "windgust_11.wav", np.zeros(2000, np.float32), 22_050)
+    sf.write(copied.parent / "wind.wav", np.zeros(2000, np.float32), 22_050)
     rows = scan(tmp_path / "extracted", list(SOURCES))
-    assert [r["source"] for r in rows] == ["sound-theme-freedesktop"]
+    assert sorted(Path(r["path"]).name for r in rows) == ["bell.wav", "wind.wav"]
+    assert {r["source"] for r in rows} == {"sound-theme-freedesktop", "cube2-data"}
     # ...and build() refuses rows from one outright
     bad = [{"path": str(tmp_path / "extracted" / "0ad-data" / "x.wav"), "source": "x", "raw_tags": ["bell"]}]
     with pytest.raises(ValueError, match="excluded packages"):

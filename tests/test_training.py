@@ -214,6 +214,16 @@ def test_selection_candidates(tmp_path):
     assert selected_checkpoint(tmp_path) == "snapshot_epoch25.pt"
 
 
+def test_a_run_is_read_with_the_corpus_it_was_trained_on(tmp_path):
+    from training.export import run_corpus
+
+    run = tmp_path / "runs" / "ae_c2"
+    run.mkdir(parents=True)
+    assert run_corpus(run) == tmp_path / "corpus"  # no resolved config: the default corpus
+    (run / "config.json").write_text(json.dumps({"variant": "ae_c", "corpus": "corpus2"}))
+    assert run_corpus(run) == tmp_path / "corpus2"
+
+
 def test_cca_and_average_precision():
     import numpy as np
 

@@ -26,6 +26,7 @@ from coala_embed.config import FrontendConfig
 
 from .corpus import data_dir
 from .evaluate import resolve_model
+from .export import run_corpus
 
 log = logging.getLogger("training.analysis")
 
@@ -125,11 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data")
     p.add_argument("--model", action="append", default=[])
     p.add_argument("--pcs", type=int, default=20)
+    p.add_argument("--corpus", default=None, help="corpus whose validation sounds are analysed (default: AE-C's)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     root = data_dir(a.data)
-    corpus = root / "corpus"
+    corpus = root / a.corpus if a.corpus else run_corpus(root / "runs" / "ae_c")
     out = a.out or root / "eval"
     out.mkdir(parents=True, exist_ok=True)
     desc = descriptors(corpus)
@@ -139,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         name, model = resolve_model(spec, root)
         z = embed_patches(model, patches)
         results["cca"][name] = {g: mean_cca(z, d, a.pcs) for g, d in desc.items()}
-        if model.tag is not None and name != "random":
-            results["tags"][name] = tag_quality(model, corpus)
+        if model.tag is not None and name != "random":  # each run on the validation sounds of its own corpus
+            own = run_corpus(root / "runs" / spec.partition(":")[0]) if "=" not in spec else corpus
+            results["tags"][name] = tag_quality(model, own)
         log.info("%s: %s", name, json.dumps({"cca": results["cca"][name], "tags": results["tags"].get(name)}))
     (out / "analysis.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [f"Mean canonical correlation (embeddings reduced to {a.pcs} PCs) on the corpus's validation sounds:", "",

@@ -34,6 +34,7 @@ from .patches import fit_scaler, max_energy_start, window_starts
 from .sources import (
     ARCHIVE_EXTENSIONS,
     AUDIO_EXTENSIONS,
+    EXCLUDED_DIRS,
     EXCLUDED_PACKAGES,
     FORBIDDEN_PACKAGES,
     METADATA_PACKAGES,
@@ -138,7 +139,7 @@ def scan(extracted: Path, packages: list[str]) -> list[dict]:
             if not f.is_file() or f.suffix.lower() not in AUDIO_EXTENSIONS:
                 continue
             rel = str(f.relative_to(root))
-            if "/doc/" in rel:
+            if "/doc/" in rel or set(f.relative_to(root).parts[:-1]) & set(EXCLUDED_DIRS):
                 continue
             words: list[str] = []
             if pkg == "tuxpaint-stamps-default":

@@ -13,6 +13,7 @@ scores the test split once, for the tables. Results go to ``OUT/results_<split>.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -127,19 +128,27 @@ def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
     run, _, checkpoint = spec.partition(":")
     from .select import selected_checkpoint
 
-    model, _ = build_model(data / "runs" / run, data / "corpus", checkpoint or selected_checkpoint(data / "runs" / run))
+    model, _ = build_model(data / "runs" / run, checkpoint=checkpoint or selected_checkpoint(data / "runs" / run))
     return spec, model.optimize()
 
 
 # ------------------------------------------------------------------------------------------- protocol
-def _mlp_runs(xtr, ytr, xte, yte, seeds: int) -> list[float]:
+@contextlib.contextmanager
+def _quiet_convergence():
+    """The paper's probes run scikit-learn's default iterations; their ConvergenceWarnings are expected."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def _mlp_runs(xtr, ytr, xte, yte, seeds: int) -> list[float]:
+    from sklearn.neural_network import MLPClassifier
+
+    with _quiet_convergence():
         return [
             float(MLPClassifier(hidden_layer_sizes=(256,), random_state=seed).fit(xtr, ytr).score(xte, yte))
             for seed in range(seeds)
@@ -161,15 +170,11 @@ def classify_mlp(xtr, ytr, xte, yte, seeds: int) -> float:
 
 def classify(xtr, ytr, xte, yte, seeds: int) -> dict:
     """StandardScaler on train, MLPClassifier(256) over ``seeds`` seeds and a logistic-regression probe."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     xtr, xte = _standardise(xtr, xte)
     accs = _mlp_runs(xtr, ytr, xte, yte, seeds)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
+    with _quiet_convergence():
         logreg = float(LogisticRegression(max_iter=300).fit(xtr, ytr).score(xte, yte))
     return {"mlp_mean": float(np.mean(accs)), "mlp_std": float(np.std(accs)), "mlp_runs": accs, "logreg": logreg}
 

@@ -21,9 +21,18 @@ from coala_embed import CoalaConfig, CoalaModel, FrontendConfig, ModelConfig, sa
 from .corpus import data_dir
 
 
-def build_model(run: Path, corpus: Path, checkpoint: str = "best.pt") -> tuple[CoalaModel, dict]:
+def run_corpus(run: Path) -> Path:
+    """The corpus folder a run was trained on (its resolved ``config.json``'s ``corpus``, a folder of the data
+    folder that holds ``runs/``); ``DATA/corpus`` for runs without one."""
+    cfg = run / "config.json"
+    name = json.loads(cfg.read_text()).get("corpus", "corpus") if cfg.exists() else "corpus"
+    return run.parent.parent / name
+
+
+def build_model(run: Path, corpus: Path | None = None, checkpoint: str = "best.pt") -> tuple[CoalaModel, dict]:
     """A :class:`CoalaModel` holding the run's audio encoder (+ projection), tag encoder (+ projection),
-    the corpus's scaler and vocabulary."""
+    the scaler and vocabulary of ``corpus`` (default: the corpus the run was trained on)."""
+    corpus = corpus or run_corpus(run)
     saved = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
     cfg = json.loads(saved["config"])
     vocab = json.loads((corpus / "vocabulary.json").read_text())
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
     p.add_argument("--run", help="run folder (default: DATA/runs/ae_c)")
-    p.add_argument("--corpus", default="corpus")
+    p.add_argument("--corpus", default=None, help="corpus folder name (default: the one the run was trained on)")
     p.add_argument(
         "--checkpoint",
         default=None,
@@ -233,9 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     from .select import selected_checkpoint
 
     checkpoint = a.checkpoint or selected_checkpoint(run)
-    folder = export(run, root / a.corpus, Path(a.out), checkpoint, a.recipe)
+    corpus = root / a.corpus if a.corpus else run_corpus(run)
+    folder = export(run, corpus, Path(a.out), checkpoint, a.recipe)
     if a.card:
-        write_card(folder, root / a.corpus, a.card)
+        write_card(folder, corpus, a.card)
     print(f"exported {run / checkpoint} to {folder}")
     return 0
 

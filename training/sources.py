@@ -32,6 +32,26 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "openarena-data": ("GPL-2+", ("game", "shooter")),
     "freedoom": ("BSD-3-clause", ("game", "shooter")),
     "openttd-opensfx": ("CC-Sampling-Plus-1.0", ("game", "transport")),
+    # Added for the second corpus (session 3): more games, more varied effects, ambiences and voices.
+    "freedroidrpg-data": ("GPL-2+ / GPL-3 / Expat / BSD-3-clause", ("game", "robot")),
+    "cube2-data": ("CC-BY-3.0 / CC-BY-SA / public domain", ("game", "shooter")),
+    "flare-game": ("CC-BY-SA-3.0+ / GPL-3+", ("game", "fantasy")),
+    "lugaru-data": ("CC-BY-SA / GPL-2+", ("game", "fight")),
+    "pingus-data": ("GPL-2+", ("game",)),
+    "xmoto-data": ("GPL-2+ / MIT / BSD-3-clause", ("game", "music")),
+    "boswars-data": ("GPL-2+", ("game", "war")),
+    "scorched3d-data": ("GPL-2+ / CC-BY-SA-3.0 / public domain", ("game", "tank")),
+    "enigma-data": ("GPL-2+", ("game",)),
+    "btanks-data": ("GPL-2+ / LGPL-2.1+ / public domain", ("game", "tank")),
+    "pokerth-data": ("GPL-2+ / BSD-3-clause / public domain", ("game", "card")),
+    "ri-li-data": ("GPL-2 / GPL-3", ("game", "train")),
+    "tuxfootball": ("GPL-2+", ("game", "football")),
+    "bzflag-data": ("GPL-2+ / LGPL-2.1", ("game", "tank")),
+    "freeciv-data": ("GPL-2+", ("game",)),
+    "trigger-rally-data": ("GPL-2+ / CC0 / CC-BY-SA-3.0 / CC-BY-3.0", ("game", "car")),
+    "warmux-data": ("GPL-2+", ("game",)),
+    "7kaa-data": ("GPL-2+", ("game", "war")),
+    "nexuiz-data": ("GPL-2+", ("game", "shooter")),
 }
 # Packages whose files are read without being sounds themselves.
 METADATA_PACKAGES = ("asterisk-core-sounds-en",)
@@ -54,6 +74,9 @@ FORBIDDEN_PACKAGES = (
     "freepats",
 )
 EXCLUDED_PACKAGES = EVALUATION_PACKAGES + FORBIDDEN_PACKAGES
+# Folders inside pretraining packages that hold copies of evaluation sounds: cube2-data ships seven
+# 0 A.D. sounds in packages/sounds/0ad/ (found by comparing file names and MD5s with the events task).
+EXCLUDED_DIRS = ("0ad",)
 
 PRETRAIN_PACKAGES = tuple(SOURCES) + METADATA_PACKAGES + tuple(SOUNDFONTS)
 assert not set(PRETRAIN_PACKAGES) & set(EXCLUDED_PACKAGES)
