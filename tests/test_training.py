@@ -71,6 +71,43 @@ def test_fast_dropout_is_dropout():
     assert not any(type(k) is torch.nn.Dropout for k in m.modules())
 
 
+def test_spec_mask_drops_one_band_of_bins_and_one_of_frames():
+    from training.train import spec_mask
+
+    x = torch.rand(64, 1, 96, 96) + 0.5  # no zeros of its own
+    y = spec_mask(x, 12, 20, torch.Generator().manual_seed(0))
+    assert torch.equal(y, spec_mask(x, 12, 20, torch.Generator().manual_seed(0)))  # reproducible from the generator
+    zero = y[:, 0] == 0
+    rows, cols = zero.all(dim=2), zero.all(dim=1)  # mel bins / frames zeroed over the whole patch
+    assert rows.sum(1).max() <= 12 and cols.sum(1).max() <= 20 and rows.any() and cols.any()
+    assert torch.equal(zero, rows[:, :, None] | cols[:, None, :])  # nothing else is touched...
+    assert torch.equal(y[~zero[:, None]], x[~zero[:, None]])  # ...and the rest is unchanged
+    for r in list(rows) + list(cols):  # each band is contiguous
+        idx = torch.nonzero(r).flatten()
+        assert len(idx) == 0 or idx[-1] - idx[0] + 1 == len(idx)
+    assert torch.equal(spec_mask(x, 0, 0, torch.Generator().manual_seed(0)), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_dropout_product_is_bit_identical_to_the_plain_products(dtype):
+    # FastDropout applies mask and scale in one addcmul each way; it must equal x * mask * scale exactly,
+    # forward and backward, so that training runs stay the same as with the two products.
+    torch.manual_seed(0)
+    d = FastDropout(0.25).train()
+    x = torch.randn(8, 16, 12, 12, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.manual_seed(1)
+    y = d(x)
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.manual_seed(1)  # the same random bytes again: the plain formula with the same mask
+    bits = torch.empty((x.numel() + 7) // 8, dtype=torch.int64).random_(-(2**63), None)
+    mask = (bits.view(torch.uint8)[: x.numel()].view(8, 12, 12, 16).permute(0, 3, 1, 2) >= 64).to(dtype)
+    x2 = x.detach().clone().requires_grad_()
+    y2 = x2 * mask * (256.0 / 192)
+    y2.backward(g)
+    assert torch.equal(y, y2) and torch.equal(x.grad, x2.grad)
+
+
 @pytest.fixture(scope="module")
 def smoke_data(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("data")

@@ -46,6 +46,9 @@ DEFAULTS: dict = {
     "batch_size": 128,  # per process
     "patch_mode": "multi",  # multi (windows over each sound, jittered) | max_energy (the original: one per sound)
     "jitter": 48,  # frames of random shift of multi-patch windows
+    # Masking of the audio encoder's input (SpecAugment-style: per patch one band of up to `freq` mel bins and one
+    # of up to `time` frames set to 0); the audio decoder still reconstructs the unmasked patch. 0: off (the paper).
+    "mask": {"freq": 0, "time": 0},
     "max_samples": 1_500_000,  # stop after this many samples...
     "min_samples": 1_000_000,  # ...or once validation stops improving for `patience` epochs after this many
     "patience": 4,
@@ -179,14 +182,31 @@ def learning_rate(cfg: dict, samples: int) -> float:
     return lr
 
 
+def spec_mask(x: torch.Tensor, freq: int, time: int, gen: torch.Generator) -> torch.Tensor:
+    """``x`` ``[B, 1, mels, frames]`` with one random band of 0..``freq`` mel bins and one of 0..``time`` frames
+    per patch set to 0 (vectorised; the draws come from ``gen``, so a resumed run masks the same way)."""
+    b, _, n_mels, n_frames = x.shape
+
+    def band(width: int, size: int) -> torch.Tensor:  # [b, size] True inside each patch's band
+        w = torch.randint(0, width + 1, (b,), generator=gen)
+        start = (torch.rand(b, generator=gen) * (size - w + 1)).long()
+        ar = torch.arange(size)
+        return (ar[None] >= start[:, None]) & (ar[None] < (start + w)[:, None])
+
+    drop = band(freq, n_mels)[:, :, None] | band(time, n_frames)[:, None, :]
+    return x * (~drop).to(x.dtype)[:, None].to(x.device)
+
+
 def step_losses(
-    cfg: dict, models: dict[str, nn.Module], x: torch.Tensor, tags: torch.Tensor
+    cfg: dict, models: dict[str, nn.Module], x: torch.Tensor, tags: torch.Tensor, x_in: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """The losses of one batch (unweighted)."""
+    """The losses of one batch (unweighted); ``x_in`` (default ``x``) is what the audio encoder sees, ``x``
+    what the audio decoder reconstructs."""
+    x_in = x if x_in is None else x_in
     if "cnn" in models:
-        _, y = models["cnn"](x)
+        _, y = models["cnn"](x_in)
         return {"tag": tag_bce(y, tags)}
-    z_a, zd_a = models["audio_encoder"](x)
+    z_a, zd_a = models["audio_encoder"](x_in)
     z_t, zd_t = models["tag_encoder"](tags)
     out = {"contrastive": nt_xent(zd_a, zd_t, cfg["tau"])}
     if "audio_decoder" in models:
@@ -203,14 +223,20 @@ def weighted(cfg: dict, losses: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train_step(
-    cfg: dict, models: dict[str, nn.Module], opts: list, x: torch.Tensor, tags: torch.Tensor, autocast
+    cfg: dict,
+    models: dict[str, nn.Module],
+    opts: list,
+    x: torch.Tensor,
+    tags: torch.Tensor,
+    autocast,
+    x_in: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """One optimisation step: the weighted sum of the losses back-propagated once (equal to the original's
     separate backward passes of each weighted term), then every optimiser steps."""
     for o in opts:
         o.zero_grad(set_to_none=True)
     with autocast():
-        losses = step_losses(cfg, models, x, tags)
+        losses = step_losses(cfg, models, x, tags, x_in)
     weighted(cfg, losses).backward()
     for o in opts:
         o.step()
@@ -346,6 +372,10 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             shifted = data.train_start[idx] + shift[step * bs : (step + 1) * bs].to(idx.device)
             starts = torch.minimum(shifted, data.train_last[idx])
             x = data.patches(starts).to(device, non_blocking=True)
+            x_in = None
+            if cfg["mask"]["freq"] or cfg["mask"]["time"]:
+                gen = torch.Generator().manual_seed((cfg["seed"] * 100_003 + epoch) * 1_000_003 + step)
+                x_in = spec_mask(x, cfg["mask"]["freq"], cfg["mask"]["time"], gen)
             lr = learning_rate(cfg, state["samples"])
             for o in opts:
                 for group in o.param_groups:
@@ -353,7 +383,8 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             tags = data.labels[data.train_sound[idx]].to(device, non_blocking=True)
             if cfg["channels_last"]:
                 x = x.contiguous(memory_format=torch.channels_last)
-            losses = train_step(cfg, wrapped, opts, x, tags, autocast)
+                x_in = None if x_in is None else x_in.contiguous(memory_format=torch.channels_last)
+            losses = train_step(cfg, wrapped, opts, x, tags, autocast, x_in)
             state["step"] = step + 1
             state["samples"] += bs * world
             for k, v in losses.items():
