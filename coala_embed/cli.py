@@ -33,7 +33,7 @@ def main() -> None:
       coala-embed a.wav b.flac -o feats.npz --format npz --frames
       coala-embed merge -o all.npy shard1.npy shard2.npy
       coala-embed tags dog.wav                       zero-shot tags of a sound
-      coala-embed search feats.npy "dog bark"        rank embedded files by words
+      coala-embed search feats.npy "animal growl"    rank embedded files by words
       coala-embed convert --audio-encoder a.pt ...   the authors' checkpoints to safetensors
 
     Run `coala-embed embed --help` for all options of the default command.
@@ -261,7 +261,7 @@ def tags_cmd(files, top_k, weights, device, as_json, method) -> None:
 @click.option("--device", default="auto", show_default=True)
 def search_cmd(features, query, top_k, weights, device) -> None:
     """Rank the files embedded in FEATURES (a .npy/.npz from `coala-embed`, with its manifest) by QUERY,
-    words of the tag vocabulary, e.g. "dog bark"."""
+    words of the tag vocabulary, e.g. "animal growl"."""
     import json
 
     import numpy as np

@@ -103,7 +103,7 @@ def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", reci
         model.config = dataclasses.replace(model.config, frontend=dataclasses.replace(model.config.frontend, **changes))
     stats = json.loads((corpus / "stats.json").read_text()) if (corpus / "stats.json").exists() else {}
     info = {
-        "variant": meta["run"].get("name", meta["run"]["variant"]),
+        "variant": meta["run"]["variant"],
         "samples_seen": meta["row"].get("samples"),
         "epoch": meta["row"].get("epoch"),
         "training_seconds": meta["row"].get("seconds"),
@@ -138,7 +138,8 @@ def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
     )
     fe = cfg["frontend"]
     hours = info.get("training_seconds") or 0
-    decay = "".join(f", x{f:g} from {int(at):,} samples" for at, f in info.get("lr_milestones") or [])
+    seen = info.get("samples_seen") or 0
+    decay = "".join(f", x{f:g} from {int(at):,} samples" for at, f in info.get("lr_milestones") or [] if at <= seen)
     chosen = (
         "the checkpoint with the lowest validation loss"
         if info.get("checkpoint", "best.pt") == "best.pt"
@@ -196,7 +197,8 @@ from their paths, texts and transcripts ({stats.get("tags_per_sound")} per sound
 Held-out tasks never seen in training (`training/tasks.py`): spoken digits (FSDD), sound events (0ad-data),
 instrument families (GM notes from musescore-general-soundfont, unseen instruments). Protocol of the paper:
 StandardScaler + MLP(256), accuracy (%). MFCC is the paper's 120-d baseline; `random` is this encoder with random
-weights.
+weights; E-C and the CNN tagger are the paper's ablations, trained for comparison (their corpus and length are in
+training/README.md's results log).
 
 ### Test split
 {tables.get("test", "(not run)")}
