@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results["cca"].items():
         lines.append(f"| {name} | " + " | ".join(f"{r[g]:.3f}" for g in desc) + " |")
     if results["tags"]:
-        lines += ["", "Tagging the validation sounds (their real tags as truth; precision@5 / mAP). `one-hot`: cosine "
+        lines += ["", "Tagging the validation sounds of each model's own training corpus (their real tags as truth; "
+                  "precision@5 / mAP). `one-hot`: cosine "
                   "to each single tag's projection; `neighbours`: votes of the nearest training tag sets "
                   "(`predict_tags`' default); popularity: every sound gets the training split's most frequent tags.",
                   "", "| model | one-hot | neighbours | popularity |", "|---|---|---|---|"]  # fmt: skip
