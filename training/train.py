@@ -194,7 +194,7 @@ def spec_mask(x: torch.Tensor, freq: int, time: int, gen: torch.Generator) -> to
         return (ar[None] >= start[:, None]) & (ar[None] < (start + w)[:, None])
 
     drop = band(freq, n_mels)[:, :, None] | band(time, n_frames)[:, None, :]
-    return x * (~drop).to(x.dtype)[:, None].to(x.device)
+    return x * (~drop)[:, None].to(x.device, x.dtype)
 
 
 def step_losses(
@@ -372,10 +372,6 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             shifted = data.train_start[idx] + shift[step * bs : (step + 1) * bs].to(idx.device)
             starts = torch.minimum(shifted, data.train_last[idx])
             x = data.patches(starts).to(device, non_blocking=True)
-            x_in = None
-            if cfg["mask"]["freq"] or cfg["mask"]["time"]:
-                gen = torch.Generator().manual_seed((cfg["seed"] * 100_003 + epoch) * 1_000_003 + step)
-                x_in = spec_mask(x, cfg["mask"]["freq"], cfg["mask"]["time"], gen)
             lr = learning_rate(cfg, state["samples"])
             for o in opts:
                 for group in o.param_groups:
@@ -383,7 +379,10 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             tags = data.labels[data.train_sound[idx]].to(device, non_blocking=True)
             if cfg["channels_last"]:
                 x = x.contiguous(memory_format=torch.channels_last)
-                x_in = None if x_in is None else x_in.contiguous(memory_format=torch.channels_last)
+            x_in = None  # the masked copy the audio encoder sees (the product keeps x's memory format)
+            if cfg["mask"]["freq"] or cfg["mask"]["time"]:
+                gen = torch.Generator().manual_seed((cfg["seed"] * 100_003 + epoch) * 1_000_003 + step)
+                x_in = spec_mask(x, cfg["mask"]["freq"], cfg["mask"]["time"], gen)
             losses = train_step(cfg, wrapped, opts, x, tags, autocast, x_in)
             state["step"] = step + 1
             state["samples"] += bs * world
