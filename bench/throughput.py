@@ -2,8 +2,9 @@
 
 Prints: the conv throughput ceiling of this CPU for the encoder's layers (GMAC/s of the same convolutions at a
 large batch), the encoder's patches/s and its share of that ceiling (fp32 and bf16), the front-end's speed, the
-end-to-end CLI speed in x real time on a generated folder of 200 files (44.1 kHz stereo WAV/FLAC/OGG, 5-60 s),
-and the peak RSS of the CLI on a 1-hour file.
+end-to-end CLI speed in x real time on a generated folder of 200 files (44.1 kHz stereo WAV/FLAC/OGG, 5-60 s)
+with the fp32 defaults, bf16, and bf16 with the fast front-end, the CPU seconds each stage spends on that folder
+with the best x real time they would allow on this machine, and the peak RSS of the CLI on a 1-hour file.
 
     python bench/throughput.py [--weights DIR] [--files 200] [--device cpu|cuda] [--skip-rss]
 """
@@ -86,6 +87,35 @@ def make_folder(folder: Path, n: int) -> float:
     return total
 
 
+def stage_seconds(folder: Path, cfg: FrontendConfig) -> dict[str, float]:
+    """CPU seconds, in this process and one thread of work each, that decoding (with the stereo downmix),
+    resampling and the log-mel front-end spend on the folder: what every file costs before the encoder."""
+    from coala_embed.audio_io import load_audio
+    from coala_embed.frontend import resample
+
+    out = {"decode": 0.0, "resample": 0.0, "frontend": 0.0}
+    for path in sorted(folder.iterdir()):
+        t0 = time.perf_counter()
+        audio, sr = load_audio(path)
+        t1 = time.perf_counter()
+        audio = resample(audio, sr, cfg.sample_rate)
+        t2 = time.perf_counter()
+        log_mel(audio, cfg)
+        t3 = time.perf_counter()
+        out["decode"] += t1 - t0
+        out["resample"] += t2 - t1
+        out["frontend"] += t3 - t2
+    return out
+
+
+def startup_seconds(weights: str) -> float:
+    """Wall time to start Python, import the package and load the model (what every CLI run pays once)."""
+    t = time.perf_counter()
+    code = f"from coala_embed import load_model; load_model({weights!r}, device='cpu')"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - t
+
+
 def cli(args: list[str]) -> tuple[float, int]:
     """Wall time and peak RSS (MB) of one CLI run in a child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -105,7 +135,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument(
+        "--precision",
+        default="all",
+        choices=["all", "fp32", "bf16", "bf16 + fast front-end"],
+        help="end-to-end runs to time",
+    )
     p.add_argument("--skip-rss", action="store_true")
     a = p.parse_args()
     device = torch.device(a.device)
@@ -130,13 +165,36 @@ def main() -> None:
     folder = tmp / "audio"
     folder.mkdir()
     hours = make_folder(folder, a.files) / 3600
+    # Where the time goes: each stage's CPU seconds on this folder, and the best wall time the whole pipeline
+    # could reach if the two cores were kept busy all the time (work / cores + startup): a bound, not a measure.
+    cores = torch.get_num_threads()
+    start = startup_seconds(weights)
+    for stft, label in (("float64", "fp32"), ("float32", "fp32 + --fast-frontend")):
+        stages = stage_seconds(folder, FrontendConfig(stft_dtype=stft))
+        for prec in ("fp32", "bf16"):
+            if label.endswith("frontend") or prec == "fp32":
+                enc = hours * 3600 / FrontendConfig().patch_seconds / res[prec]["patches_per_s"] * cores
+                work = sum(stages.values()) + enc
+                bound = hours * 3600 / (work / cores + start)
+                print(f"budget ({label.replace('fp32', prec)}): decode {stages['decode']:.1f} + resample {stages['resample']:.1f} "
+                      f"+ front-end {stages['frontend']:.1f} + encoder {enc:.1f} core-s = {work:.1f} core-s on {cores} cores, "
+                      f"startup {start:.1f} s -> at best {bound:.0f}x real time")  # fmt: skip
+                res[f"bound_{prec}_{stft}"] = bound
     out = tmp / "feats.npy"
-    wall, _ = cli([str(folder), "-o", str(out), "--weights", weights, "-q", "-f", "--device", a.device, "--workers", str(a.workers),
-                   "--batch-size", str(a.batch_size), "--precision", a.precision])  # fmt: skip
-    res["e2e_x_realtime"] = hours * 3600 / wall
-    print(
-        f"end to end: {a.files} files, {hours:.2f} h of audio in {wall:.1f} s = {res['e2e_x_realtime']:.0f}x real time ({a.precision})"
-    )
+    runs = {
+        "fp32": [],
+        "bf16": ["--precision", "bf16"],
+        "bf16 + fast front-end": ["--precision", "bf16", "--fast-frontend"],
+    }
+    for name, extra in runs.items():
+        if a.precision != "all" and name != a.precision:
+            continue
+        wall, _ = cli([str(folder), "-o", str(out), "--weights", weights, "-q", "-f", "--device", a.device,
+                       "--workers", str(a.workers), "--batch-size", str(a.batch_size), *extra])  # fmt: skip
+        res[f"e2e_{name}"] = hours * 3600 / wall
+        print(
+            f"end to end ({name}): {a.files} files, {hours:.2f} h of audio in {wall:.1f} s = {hours * 3600 / wall:.0f}x real time"
+        )
     if not a.skip_rss:
         long = tmp / "hour.flac"
         with sf.SoundFile(long, "w", 44_100, 2, format="FLAC") as f:
