@@ -181,3 +181,34 @@ def test_archives(tmp_path):
     assert [p.name for p in (out / "sfx").iterdir()] == ["000 Splat _docks_canals_.wav"]
     x, sr = sf.read(out / "doom" / "pistol.wav")
     assert sr == 11025 and len(x) == len(pcm)
+
+
+def test_spoken_packages_are_tagged_by_folder_never_by_the_word_spoken(tmp_path):
+    from training.sources import SPEECH_SOURCES
+
+    # the speech packages are opt-in (--speech): the default corpus, which the shipped weights were trained on,
+    # stays without them, but they are guarded like every pretraining package
+    assert not set(SPEECH_SOURCES) & set(SOURCES) and set(SPEECH_SOURCES) <= set(PRETRAIN_PACKAGES)
+    # KLettres's "dog.ogg" is the word read aloud: it must not get the tag "dog"
+    root = tmp_path / "extracted" / "klettres-data" / "usr" / "share" / "klettres"
+    for lang, kind, name in [("en", "syllab", "dog"), ("fr", "alpha", "a"), ("ml", "syllab", "baa")]:
+        (root / lang / kind).mkdir(parents=True, exist_ok=True)
+        sf.write(root / lang / kind / f"{name}.ogg", np.zeros(2000, np.float32), 22_050)
+    rows = {Path(r["path"]).stem: r["raw_tags"] for r in scan(tmp_path / "extracted", ["klettres-data"])}
+    assert rows["dog"] == ["english", "syllable", "speech", "voice", "spoken"]
+    assert rows["a"] == ["french", "letter", "alphabet", "speech", "voice", "spoken"]
+    assert rows["baa"][0] == "malayalam" and "baa" not in rows["baa"]
+
+
+def test_a_package_cap_keeps_a_fixed_subset(tmp_path, monkeypatch):
+    import training.corpus as corpus_mod
+
+    root = tmp_path / "extracted" / "gcin-voice" / "usr" / "share" / "gcin-voice" / "ogg"
+    for i in range(12):
+        (root / f"s{i:02d}").mkdir(parents=True)
+        sf.write(root / f"s{i:02d}" / "3.ogg", np.zeros(2000, np.float32), 22_050)
+    monkeypatch.setitem(corpus_mod.MAX_FILES, "gcin-voice", 5)
+    first = [r["path"] for r in scan(tmp_path / "extracted", ["gcin-voice"])]
+    again = [r["path"] for r in scan(tmp_path / "extracted", ["gcin-voice"])]
+    assert len(first) == 5 and first == again == sorted(first)
+    assert all(r["raw_tags"][:2] == ["speech", "voice"] for r in scan(tmp_path / "extracted", ["gcin-voice"]))

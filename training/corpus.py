@@ -32,14 +32,19 @@ from coala_embed.frontend import log_mel, pad, resample
 from . import archives, notes
 from .patches import fit_scaler, max_energy_start, window_starts
 from .sources import (
+    ALL_SOURCES,
     ARCHIVE_EXTENSIONS,
     AUDIO_EXTENSIONS,
     EXCLUDED_DIRS,
     EXCLUDED_PACKAGES,
     FORBIDDEN_PACKAGES,
+    KLETTRES_LANGUAGES,
+    MAX_FILES,
     METADATA_PACKAGES,
     SOUNDFONTS,
     SOURCES,
+    SPEECH_SOURCES,
+    SPOKEN_PACKAGES,
 )
 from .tags import build_vocabulary, multi_hot, normalize, path_tokens, tokenize
 
@@ -121,6 +126,16 @@ def _asterisk_transcripts(root: Path) -> dict[str, str]:
     return out
 
 
+def _spoken_tags(pkg: str, rel: str) -> list[str]:
+    """Tags of a spoken letter, syllable or word: language and unit from the folders, never the file name."""
+    if pkg == "klettres-data":  # usr/share/klettres/<lang>/<alpha|syllab>/<what>.ogg
+        parts = Path(rel).parts
+        lang = KLETTRES_LANGUAGES.get(parts[-3], "") if len(parts) >= 3 else ""
+        unit = {"alpha": ["letter", "alphabet"], "syllab": ["syllable"]}.get(parts[-2], []) if len(parts) >= 2 else []
+        return [lang, *unit] if lang else unit
+    return []
+
+
 def scan(extracted: Path, packages: list[str]) -> list[dict]:
     """Rows ``{path, source, raw_tags}`` for every audio file of the pretraining packages."""
     transcripts: dict[str, str] = {}
@@ -132,9 +147,10 @@ def scan(extracted: Path, packages: list[str]) -> list[dict]:
         root = extracted / pkg
         if not root.exists():
             continue
-        extra = list(SOURCES[pkg][1])
+        extra = list(ALL_SOURCES[pkg][1])
         drop = tokenize(pkg)
         descs = []
+        first = len(rows)
         for f in sorted(root.rglob("*")):
             if not f.is_file() or f.suffix.lower() not in AUDIO_EXTENSIONS:
                 continue
@@ -152,7 +168,13 @@ def scan(extracted: Path, packages: list[str]) -> list[dict]:
                     continue
             elif pkg.startswith("asterisk-core"):
                 words = tokenize(transcripts.get(f.stem, ""))
+            elif pkg in SPOKEN_PACKAGES:
+                rows.append({"path": str(f), "source": pkg, "raw_tags": _spoken_tags(pkg, rel) + extra})
+                continue
             rows.append({"path": str(f), "source": pkg, "raw_tags": path_tokens(rel, drop) + words + extra})
+        if pkg in MAX_FILES and len(rows) - first > MAX_FILES[pkg]:
+            keep = np.random.default_rng(0).choice(len(rows) - first, MAX_FILES[pkg], replace=False)
+            rows[first:] = [rows[first + i] for i in sorted(keep)]
         if len(descs) > MAX_DESC:
             keep = np.random.default_rng(0).choice(len(descs), MAX_DESC, replace=False)
             descs = [descs[i] for i in sorted(keep)]
@@ -245,10 +267,11 @@ def split(labels: np.ndarray, test_size: float = 0.1, seed: int = 0) -> np.ndarr
     return mask
 
 
-def collect_debian(data: Path) -> tuple[list[dict], dict[str, str]]:
-    """Download, unpack and scan the Debian sources and render the soundfont notes: rows and versions."""
+def collect_debian(data: Path, speech: bool = False) -> tuple[list[dict], dict[str, str]]:
+    """Download, unpack and scan the Debian sources (with ``speech``, the opt-in speech packages too) and render
+    the soundfont notes: rows and versions."""
     debs, extracted = data / "debs", data / "extracted"
-    packages = list(SOURCES)
+    packages = list(SOURCES) + (list(SPEECH_SOURCES) if speech else [])
     versions = download(packages + list(METADATA_PACKAGES), debs)
     for pkg in versions:
         extract(pkg, debs, extracted)
@@ -359,7 +382,7 @@ def corpus_stats(rows, labels, vocab, versions, seconds) -> dict:
     for src, s in per.items():
         s["hours"] = round(s["hours"], 3)
         s["version"] = versions.get(src, "")
-        lic = SOURCES.get(src, SOUNDFONTS.get(src, ("?",)))[0]
+        lic = ALL_SOURCES.get(src, SOUNDFONTS.get(src, ("?",)))[0]
         s["licence"] = lic
     windows = sum(len(window_starts(r["frames"], r["signal_frames"])) for r in rows)
     return {
@@ -383,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-count", type=int, default=10, help="a tag must be in at least this many sounds")
     p.add_argument("--hdf5", action="store_true", help="also write the original HDF5 layout (train and validation)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--speech", action="store_true", help="add the opt-in speech packages (training/sources.py)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     data = data_dir(a.data)
@@ -393,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.manifest:
         rows, versions, min_count = read_manifest(a.manifest), {}, a.min_count
     else:
-        rows, versions = collect_debian(data)
+        rows, versions = collect_debian(data, speech=a.speech)
         min_count = a.min_count
     corpus = build(data, rows, versions, name=a.name, min_count=min_count, workers=a.workers)
     if a.hdf5:
