@@ -51,6 +51,7 @@ def test_excluded_packages_never_reach_the_corpus(tmp_path):
     assert {"0ad-data", "musescore-general-soundfont"} <= set(EXCLUDED_PACKAGES)
     assert set(FORBIDDEN_PACKAGES) == {
         "hedgewars-data", "megaglest-data", "widelands-data", "ktuberling-data", "hydrogen-drumkits", "csound-soundfont", "freepats",
+        "musescore-general-soundfont-small", "musescore-general-soundfont-lossless",
     }  # fmt: skip
     for pkg in EXCLUDED_PACKAGES:
         with pytest.raises(ValueError, match="never"):

@@ -32,11 +32,13 @@ from coala_embed.frontend import log_mel, pad, resample
 from . import archives, notes
 from .patches import fit_scaler, max_energy_start, window_starts
 from .sources import (
+    ALL_SOUNDFONTS,
     ALL_SOURCES,
     ARCHIVE_EXTENSIONS,
     AUDIO_EXTENSIONS,
     EXCLUDED_DIRS,
     EXCLUDED_PACKAGES,
+    FM_SOUNDFONTS,
     FORBIDDEN_PACKAGES,
     KLETTRES_LANGUAGES,
     MAX_FILES,
@@ -267,18 +269,19 @@ def split(labels: np.ndarray, test_size: float = 0.1, seed: int = 0) -> np.ndarr
     return mask
 
 
-def collect_debian(data: Path, speech: bool = False) -> tuple[list[dict], dict[str, str]]:
-    """Download, unpack and scan the Debian sources (with ``speech``, the opt-in speech packages too) and render
-    the soundfont notes: rows and versions."""
+def collect_debian(data: Path, speech: bool = False, fm_notes: bool = False) -> tuple[list[dict], dict[str, str]]:
+    """Download, unpack and scan the Debian sources and render the soundfont notes (with ``speech`` and
+    ``fm_notes``, the opt-in speech packages and FM soundfont too): rows and versions."""
     debs, extracted = data / "debs", data / "extracted"
     packages = list(SOURCES) + (list(SPEECH_SOURCES) if speech else [])
     versions = download(packages + list(METADATA_PACKAGES), debs)
     for pkg in versions:
         extract(pkg, debs, extracted)
     rows = scan(extracted, [p for p in packages if p in versions])
-    sf_versions = download(list(SOUNDFONTS), debs)
+    soundfonts = {**SOUNDFONTS, **(FM_SOUNDFONTS if fm_notes else {})}
+    sf_versions = download(list(soundfonts), debs)
     versions.update(sf_versions)
-    for pkg, (_, sf2) in SOUNDFONTS.items():
+    for pkg, (_, sf2) in soundfonts.items():
         if pkg in sf_versions and extract(pkg, debs, extracted):
             rows += notes.render(extracted / pkg / sf2, data / "rendered" / pkg, pkg)
     return rows, versions
@@ -382,7 +385,7 @@ def corpus_stats(rows, labels, vocab, versions, seconds) -> dict:
     for src, s in per.items():
         s["hours"] = round(s["hours"], 3)
         s["version"] = versions.get(src, "")
-        lic = ALL_SOURCES.get(src, SOUNDFONTS.get(src, ("?",)))[0]
+        lic = ALL_SOURCES.get(src, ALL_SOUNDFONTS.get(src, ("?",)))[0]
         s["licence"] = lic
     windows = sum(len(window_starts(r["frames"], r["signal_frames"])) for r in rows)
     return {
@@ -407,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hdf5", action="store_true", help="also write the original HDF5 layout (train and validation)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--speech", action="store_true", help="add the opt-in speech packages (training/sources.py)")
+    p.add_argument("--fm-notes", action="store_true", help="add notes of the opt-in FM soundfont (training/sources.py)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     data = data_dir(a.data)
@@ -417,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.manifest:
         rows, versions, min_count = read_manifest(a.manifest), {}, a.min_count
     else:
-        rows, versions = collect_debian(data, speech=a.speech)
+        rows, versions = collect_debian(data, speech=a.speech, fm_notes=a.fm_notes)
         min_count = a.min_count
     corpus = build(data, rows, versions, name=a.name, min_count=min_count, workers=a.workers)
     if a.hdf5:

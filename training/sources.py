@@ -83,6 +83,13 @@ SOUNDFONTS: dict[str, tuple[str, str]] = {
     "timgm6mb-soundfont": ("GPL-2", "usr/share/sounds/sf2/TimGM6mb.sf2"),
 }
 
+# Opt-in (`python -m training.corpus --fm-notes`): the same GM notes from an OPL3 FM-synthesis soundfont, timbres
+# unlike the sampled ones, tried to give each GM family more varied voicings.
+FM_SOUNDFONTS: dict[str, tuple[str, str]] = {
+    "opl3-soundfont": ("CC-BY-SA-4.0", "usr/share/sounds/sf2/OPL-3_FM_128M.sf2"),
+}
+ALL_SOUNDFONTS = {**SOUNDFONTS, **FM_SOUNDFONTS}
+
 # The evaluation tasks: never part of pretraining (training/tasks.py builds them).
 EVALUATION_PACKAGES = ("0ad-data", "musescore-general-soundfont")
 # Not to be used anywhere in the project.
@@ -94,13 +101,16 @@ FORBIDDEN_PACKAGES = (
     "hydrogen-drumkits",
     "csound-soundfont",
     "freepats",
+    # the evaluation soundfont's samples in other packagings
+    "musescore-general-soundfont-small",
+    "musescore-general-soundfont-lossless",
 )
 EXCLUDED_PACKAGES = EVALUATION_PACKAGES + FORBIDDEN_PACKAGES
 # Folders inside pretraining packages that hold copies of evaluation sounds: cube2-data ships seven
 # 0 A.D. sounds in packages/sounds/0ad/ (found by comparing file names and MD5s with the events task).
 EXCLUDED_DIRS = ("0ad",)
 
-PRETRAIN_PACKAGES = tuple(ALL_SOURCES) + METADATA_PACKAGES + tuple(SOUNDFONTS)
+PRETRAIN_PACKAGES = tuple(ALL_SOURCES) + METADATA_PACKAGES + tuple(ALL_SOUNDFONTS)
 assert not set(PRETRAIN_PACKAGES) & set(EXCLUDED_PACKAGES)
 
 AUDIO_EXTENSIONS = (".wav", ".ogg", ".flac", ".mp3", ".opus", ".oga")
