@@ -84,7 +84,8 @@ SOUNDFONTS: dict[str, tuple[str, str]] = {
 }
 
 # Opt-in (`python -m training.corpus --fm-notes`): the same GM notes from an OPL3 FM-synthesis soundfont, timbres
-# unlike the sampled ones, tried to give each GM family more varied voicings.
+# unlike the sampled ones, tried to give each GM family more varied voicings (session 4, with the speech packages:
+# instruments 2-3 points over speech alone, best mean 68.7 still under the shipped run's 69.5; training/README.md).
 FM_SOUNDFONTS: dict[str, tuple[str, str]] = {
     "opl3-soundfont": ("CC-BY-SA-4.0", "usr/share/sounds/sf2/OPL-3_FM_128M.sf2"),
 }
