@@ -176,18 +176,22 @@ def main() -> None:
     folder.mkdir()
     hours = make_folder(folder, a.files) / 3600
     # Where the time goes: each stage's CPU seconds on this folder, and the best wall time the whole pipeline
-    # could reach if the two cores were kept busy all the time (work / cores + startup): a bound, not a measure.
+    # could reach if every core were kept busy all the time (work / cores + startup): a bound, not a measure.
     cores = torch.get_num_threads()
     start = startup_seconds(weights)
     for stft, label in (("float64", "fp32"), ("float32", "fp32 + --fast-frontend")):
         stages = stage_seconds(folder, FrontendConfig(stft_dtype=stft))
         for prec in ("fp32", "bf16"):
             if label.endswith("frontend") or prec == "fp32":
-                enc = hours * 3600 / FrontendConfig().patch_seconds / res[prec]["patches_per_s"] * cores
-                work = sum(stages.values()) + enc
-                bound = hours * 3600 / (work / cores + start)
+                enc_s = hours * 3600 / FrontendConfig().patch_seconds / res[prec]["patches_per_s"]
+                if device.type == "cpu":  # the encoder's threads take the same cores as the other stages
+                    enc, work = enc_s * cores, sum(stages.values()) + enc_s * cores
+                    bound = hours * 3600 / (work / cores + start)
+                else:  # on a GPU the encoder overlaps the CPU stages: the slower of the two bounds the run
+                    enc, work = enc_s, sum(stages.values())
+                    bound = hours * 3600 / (max(work / cores, enc_s) + start)
                 print(f"budget ({label.replace('fp32', prec)}): decode {stages['decode']:.1f} + resample {stages['resample']:.1f} "
-                      f"+ front-end {stages['frontend']:.1f} + encoder {enc:.1f} core-s = {work:.1f} core-s on {cores} cores, "
+                      f"+ front-end {stages['frontend']:.1f} + encoder {enc:.1f} {'core-s' if device.type == 'cpu' else 'GPU-s'}: {work:.1f} CPU core-s on {cores} cores, "
                       f"startup {start:.1f} s -> at best {bound:.0f}x real time")  # fmt: skip
                 res[f"bound_{prec}_{stft}"] = bound
     out = tmp / "feats.npy"
