@@ -190,8 +190,9 @@ def main() -> None:
                 else:  # on a GPU the encoder overlaps the CPU stages: the slower of the two bounds the run
                     enc, work = enc_s, sum(stages.values())
                     bound = hours * 3600 / (max(work / cores, enc_s) + start)
+                total = f"core-s = {work:.1f} core-s" if device.type == "cpu" else f"GPU-s; CPU stages {work:.1f} core-s"
                 print(f"budget ({label.replace('fp32', prec)}): decode {stages['decode']:.1f} + resample {stages['resample']:.1f} "
-                      f"+ front-end {stages['frontend']:.1f} + encoder {enc:.1f} {'core-s' if device.type == 'cpu' else 'GPU-s'}: {work:.1f} CPU core-s on {cores} cores, "
+                      f"+ front-end {stages['frontend']:.1f} + encoder {enc:.1f} {total} on {cores} cores, "
                       f"startup {start:.1f} s -> at best {bound:.0f}x real time")  # fmt: skip
                 res[f"bound_{prec}_{stft}"] = bound
     out = tmp / "feats.npy"
