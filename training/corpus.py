@@ -46,7 +46,6 @@ from .sources import (
     SOUNDFONTS,
     SOURCES,
     SPEECH_SOURCES,
-    SPOKEN_PACKAGES,
 )
 from .tags import build_vocabulary, multi_hot, normalize, path_tokens, tokenize
 
@@ -138,6 +137,14 @@ def _spoken_tags(pkg: str, rel: str) -> list[str]:
     return []
 
 
+def _fixed_subset(items: list[dict], n: int) -> list[dict]:
+    """At most ``n`` of ``items``, drawn with seed 0 and kept in their order (the same subset on every build)."""
+    if len(items) <= n:
+        return items
+    keep = np.random.default_rng(0).choice(len(items), n, replace=False)
+    return [items[i] for i in sorted(keep)]
+
+
 def scan(extracted: Path, packages: list[str]) -> list[dict]:
     """Rows ``{path, source, raw_tags}`` for every audio file of the pretraining packages."""
     transcripts: dict[str, str] = {}
@@ -170,17 +177,13 @@ def scan(extracted: Path, packages: list[str]) -> list[dict]:
                     continue
             elif pkg.startswith("asterisk-core"):
                 words = tokenize(transcripts.get(f.stem, ""))
-            elif pkg in SPOKEN_PACKAGES:
+            elif pkg in SPEECH_SOURCES:
                 rows.append({"path": str(f), "source": pkg, "raw_tags": _spoken_tags(pkg, rel) + extra})
                 continue
             rows.append({"path": str(f), "source": pkg, "raw_tags": path_tokens(rel, drop) + words + extra})
-        if pkg in MAX_FILES and len(rows) - first > MAX_FILES[pkg]:
-            keep = np.random.default_rng(0).choice(len(rows) - first, MAX_FILES[pkg], replace=False)
-            rows[first:] = [rows[first + i] for i in sorted(keep)]
-        if len(descs) > MAX_DESC:
-            keep = np.random.default_rng(0).choice(len(descs), MAX_DESC, replace=False)
-            descs = [descs[i] for i in sorted(keep)]
-        rows += descs
+        if pkg in MAX_FILES:
+            rows[first:] = _fixed_subset(rows[first:], MAX_FILES[pkg])
+        rows += _fixed_subset(descs, MAX_DESC)
     return rows
 
 

@@ -61,10 +61,9 @@ SPEECH_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "klettres-data": ("GPL-2+", ("speech", "voice", "spoken")),
     "gcin-voice": ("GPL-3 / LGPL-3 / CC-BY-3.0", ("speech", "voice", "spoken", "chinese", "mandarin", "syllable")),
 }
+# Their file names say *what* is spoken ("dog.ogg" in KLettres is the word read aloud, not a bark), so only the
+# folders and the metadata tag them (corpus.scan).
 ALL_SOURCES = {**SOURCES, **SPEECH_SOURCES}
-# Packages of spoken letters, syllables or words: their file names say *what* is spoken ("dog.ogg" in KLettres is
-# the word read aloud, not a bark), so only the folders and the metadata tag them.
-SPOKEN_PACKAGES = ("klettres-data", "gcin-voice")
 # At most this many sounds of a package, drawn with a fixed seed, so that a few voices do not dominate the corpus
 # (gcin-voice has 2,358 syllables from two speakers).
 MAX_FILES = {"gcin-voice": 1000}
