@@ -118,7 +118,9 @@ def smoke_data(tmp_path_factory) -> Path:
 
 
 def _train(data: Path, out: Path, *extra: str) -> subprocess.Popen:
-    sets = ["max_samples=1536", "min_samples=1536", "batch_size=16", "threads=1", "checkpoint_minutes=0.005", *extra]
+    # device=cpu unless a test says otherwise: these tests are about the CPU path, also on a machine with a GPU
+    sets = ["max_samples=1536", "min_samples=1536", "batch_size=16", "threads=1", "checkpoint_minutes=0.005", "device=cpu",
+            *extra]  # fmt: skip
     cmd = [
         sys.executable,
         "-m",
@@ -138,12 +140,12 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "ckpt.pt", weights_only=True)["models"]["audio_encoder"]
 
 
-@pytest.mark.slow
-def test_resume_after_kill_9_continues_exactly(smoke_data, tmp_path):
+def _kill_and_resume(smoke_data: Path, tmp_path: Path, *extra: str) -> tuple[Path, Path]:
+    """An uninterrupted run, and a run killed with SIGKILL after its first checkpoints and then resumed."""
     ref = tmp_path / "ref"
-    assert _train(smoke_data, ref).wait() == 0
+    assert _train(smoke_data, ref, *extra).wait() == 0
     out = tmp_path / "run"
-    p = _train(smoke_data, out)
+    p = _train(smoke_data, out, *extra)
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:
         if (
@@ -156,14 +158,33 @@ def test_resume_after_kill_9_continues_exactly(smoke_data, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (out / "DONE").exists()
-    p = _train(smoke_data, out)
+    p = _train(smoke_data, out, *extra)
     log, _ = p.communicate(timeout=300)
-    assert p.returncode == 0 and "resumed from" in log
+    assert p.returncode == 0 and "resumed from" in log, log[-3000:]
+    return out, ref
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_continues_exactly(smoke_data, tmp_path):
+    out, ref = _kill_and_resume(smoke_data, tmp_path)
     a, b = _weights(out), _weights(ref)
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)  # same steps, same data, same RNG: identical
     assert (out / "losses.csv").exists() and (out / "losses.png").exists() and (out / "best.pt").exists()
     assert json.loads((out / "config.json").read_text())["batch_size"] == 16
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_on_cuda_continues_exactly(smoke_data, tmp_path):
+    # bf16 autocast and dropout masks drawn on the GPU (its RNG state is checkpointed); deterministic kernels
+    out, ref = _kill_and_resume(smoke_data, tmp_path, "device=cuda", "deterministic=true")
+    saved = torch.load(out / "ckpt.pt", weights_only=True)
+    assert "cuda_rng" in saved and next(iter(saved["models"]["audio_encoder"].values())).is_cuda
+    a, b = _weights(out), _weights(ref)
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
 @pytest.mark.slow
@@ -204,7 +225,7 @@ def test_ddp_two_cpu_processes_agree(smoke_data, tmp_path):
             port = str(sock.getsockname()[1])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                "--master-port", port, "-m", "training.train", "training/configs/ae_c.json", "--data", str(smoke_data),
-               "--out", str(out), "--set", "max_samples=256", "min_samples=256", "batch_size=16", "threads=1"]  # fmt: skip
+               "--out", str(out), "--set", "max_samples=256", "min_samples=256", "batch_size=16", "threads=1", "device=cpu"]  # fmt: skip
         r = subprocess.run(
             cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
         )

@@ -18,8 +18,12 @@ def generalised_kl(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def tag_bce(probs: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy between sigmoid outputs and the multi-hot tags."""
-    return F.binary_cross_entropy(probs.float(), tags.float())
+    """Mean binary cross-entropy between sigmoid outputs and the multi-hot tags.
+
+    Computed outside autocast: CUDA autocast refuses ``binary_cross_entropy`` outright (even on float32 inputs),
+    and the paper's loss is BCE on the sigmoid outputs, so ``BCEWithLogits`` would change the model."""
+    with torch.autocast(probs.device.type, enabled=False):
+        return F.binary_cross_entropy(probs.float(), tags.float())
 
 
 def nt_xent(z_audio: torch.Tensor, z_tag: torch.Tensor, tau: float = 0.1) -> torch.Tensor:

@@ -63,6 +63,10 @@ DEFAULTS: dict = {
     "hdf5_val": "",
     "vocabulary": "",  # with HDF5: the tag order, e.g. json/id2token_top_1000.json
     "threads": 0,  # 0: all cores
+    "device": "auto",  # auto (CUDA when available) | cpu | cuda
+    # CUDA only: deterministic cuDNN/cuBLAS kernels, so that a resumed run repeats an uninterrupted one bit for bit
+    # (as on the CPU, where it always does); slower, off by default
+    "deterministic": False,
 }
 
 
@@ -301,11 +305,14 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
     """Run (or resume) one training; return the folder with ``best.pt``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    device = (
-        torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )
+    use_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
+    if cfg["device"] not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
+    if use_cuda and cfg["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if cfg["threads"]:
@@ -331,7 +338,10 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             m.load_state_dict(saved["models"][k])
         for o, s in zip(opts, saved["optims"]):
             o.load_state_dict(s)
-        torch.set_rng_state(saved["torch_rng"])
+        # map_location moved the RNG states to the device with the weights; they are set from CPU bytes
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        if device.type == "cuda" and "cuda_rng" in saved:  # dropout masks are drawn on the GPU there
+            torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
         state = saved["state"]
         log.info(
             "resumed from %s: epoch %d, step %d, %d samples", ckpt, state["epoch"], state["step"], state["samples"]
@@ -349,6 +359,7 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
                     "models": {k: m.state_dict() for k, m in models.items()},
                     "optims": [o.state_dict() for o in opts],
                     "torch_rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                     "state": state,
                     "config": json.dumps(cfg),
                 },
