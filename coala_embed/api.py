@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -81,12 +82,17 @@ def embed_patches(
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     dev = model.device
     out = []
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    # On a GPU the batches are queued without waiting for each one (one copy back at the end), and "fp32" means
+    # float32 convolutions: cuDNN would otherwise run them in TF32 (a 10-bit mantissa).
+    tf32 = (
+        torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if dev.type == "cuda" else contextlib.nullcontext()
+    )
+    with tf32, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for i in range(0, len(patches), batch_size):
-            out.append(model(patches[i : i + batch_size].to(dev)).float().cpu())
+            out.append(model(patches[i : i + batch_size].to(dev, non_blocking=True)).float())
     if not out:
         return np.zeros((0, model.config.model.embedding_dim), np.float32)
-    return torch.cat(out).numpy()
+    return torch.cat(out).cpu().numpy()
 
 
 def _finish(p: Patches, frames: np.ndarray) -> Embedding:

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from click.testing import CliRunner
 from conftest import noise
 
@@ -88,6 +89,21 @@ def test_usage_errors_exit_2(audio_dir, weights_dir, tmp_path):
     assert run(tmp_path / "nope", "-o", tmp_path / "a.npy").exit_code == 2
     r = run(audio_dir, "-o", tmp_path / "a.npy", "--weights", weights_dir, "--device", "cuda:7")
     assert r.exit_code == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_matches_cpu_run(audio_dir, weights_dir, tmp_path):
+    common = [audio_dir, "--weights", weights_dir, "-q", "--batch-size", "4"]
+    assert run(*common, "-o", tmp_path / "cpu.npy", "--device", "cpu").exit_code == 0
+    assert run(*common, "-o", tmp_path / "gpu.npy", "--device", "cuda").exit_code == 0
+    assert run(*common, "-o", tmp_path / "bf16.npy", "--device", "cuda", "--precision", "bf16").exit_code == 0
+    cpu, gpu, bf16 = (np.load(tmp_path / f"{n}.npy") for n in ("cpu", "gpu", "bf16"))
+    assert cpu.shape == gpu.shape == (6, 1152)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-4, rtol=1e-3)  # float32 on both (TF32 is switched off)
+    rel = np.linalg.norm(bf16 - cpu, axis=1) / np.linalg.norm(cpu, axis=1)
+    assert rel.max() < 0.05  # the README's bf16 tolerance
+    assert manifest(tmp_path / "gpu.npy")["files"][0]["status"] == "ok"
 
 
 def test_help_documents_exit_codes():
