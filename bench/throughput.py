@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,14 @@ def macs_per_patch() -> int:
 
 
 def timeit(fn, repeat: int = 5) -> float:
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
     times = []
     for _ in range(repeat):
+        sync()
         t = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t)
     return min(times)
 
@@ -56,15 +58,20 @@ def conv_ceiling(device: torch.device, dtype: torch.dtype) -> float:
     for cin, cout, size in LAYERS:
         conv = torch.nn.Conv2d(cin, cout, 4, 2, 1).to(device).to(memory_format=torch.channels_last)
         best = float("inf")
-        for batch in (32, 64, 128, 512):
+        for batch in (32, 64, 128, 512) if device.type == "cpu" else (512, 2048, 8192):
             x = torch.randn(batch, cin, size, size, device=device).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            # fp32 is float32 on a GPU too (cuDNN's TF32 off), as in embed_patches
+            tf32 = (
+                torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if device.type == "cuda" else nullcontext()
+            )
+            with tf32, torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                 best = min(best, timeit(lambda conv=conv, x=x: conv(x)) / batch)
         per_patch_s += best
     return macs_per_patch() / per_patch_s / 1e9
 
 
 def encoder_speed(model: CoalaModel, precision: str, batch: int = 64, n: int = 512) -> float:
+    """Patches/s of ``embed_patches`` (the CLI's call) on ``n`` random patches held on the CPU, copies included."""
     patches = torch.randn(n, 96, 96) - 6
     t = timeit(lambda: embed_patches(model, patches, batch, precision), repeat=3)
     return n / t
@@ -160,15 +167,24 @@ def main() -> None:
         weights = str(tmp / "weights")
         save_pretrained(CoalaModel(CoalaConfig()), weights, trained=False)
     model = load_model(weights, device=device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}{gpu}")
     res: dict = {}
     macs = macs_per_patch()
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         ceiling = conv_ceiling(device, dtype)
-        speed = encoder_speed(model, name, a.batch_size)
+        n = 512 if device.type == "cpu" else 32_768  # a GPU needs far more work to time
+        speed = encoder_speed(model, name, a.batch_size, n)
         res[name] = {"ceiling_gmacs": ceiling, "patches_per_s": speed, "share": speed * macs / 1e9 / ceiling}
         print(f"[{name}] conv ceiling {ceiling:6.1f} GMAC/s | encoder {speed:7.1f} patches/s = {speed * macs / 1e9:6.1f} GMAC/s "
               f"= {100 * res[name]['share']:.0f}% of the ceiling | {speed * FrontendConfig().patch_seconds:7.0f}x real time")  # fmt: skip
+    if device.type == "cuda":  # what the GPU gives with larger batches than the CLI's default
+        for name in ("fp32", "bf16"):
+            big = encoder_speed(model, name, 1024, 65_536)
+            res[name]["patches_per_s_batch1024"] = big
+            print(f"[{name}] encoder at batch 1024: {big:7.0f} patches/s = {big * macs / 1e9:6.0f} GMAC/s "
+                  f"= {100 * big * macs / 1e9 / res[name]['ceiling_gmacs']:.0f}% of the ceiling | "
+                  f"{big * FrontendConfig().patch_seconds:7.0f}x real time")  # fmt: skip
     audio = np.random.default_rng(0).standard_normal(22_000 * 600).astype(np.float32)
     t = timeit(lambda: log_mel(audio, FrontendConfig()), repeat=2)
     print(f"front-end (log-mel, float64 STFT, one thread of work): {600 / t:7.0f}x real time")
@@ -190,7 +206,9 @@ def main() -> None:
                 else:  # on a GPU the encoder overlaps the CPU stages: the slower of the two bounds the run
                     enc, work = enc_s, sum(stages.values())
                     bound = hours * 3600 / (max(work / cores, enc_s) + start)
-                total = f"core-s = {work:.1f} core-s" if device.type == "cpu" else f"GPU-s; CPU stages {work:.1f} core-s"
+                total = (
+                    f"core-s = {work:.1f} core-s" if device.type == "cpu" else f"GPU-s; CPU stages {work:.1f} core-s"
+                )
                 print(f"budget ({label.replace('fp32', prec)}): decode {stages['decode']:.1f} + resample {stages['resample']:.1f} "
                       f"+ front-end {stages['frontend']:.1f} + encoder {enc:.1f} {total} on {cores} cores, "
                       f"startup {start:.1f} s -> at best {bound:.0f}x real time")  # fmt: skip

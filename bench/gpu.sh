@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one go (about 5 minutes on one H100/H200), for a machine where the package's
+# pure-Python needs are importable (PYTHONPATH) but it is not installed:
+#   1. the tests marked gpu, and the CLI/API/model/training tests, run with CUDA visible;
+#   2. bench/train_speed.py on cuda (one AE-C step: plain fp32 against bf16 autocast + channels-last);
+#   3. bench/throughput.py on cuda (conv ceiling, encoder share, end to end on 200 files, RSS on a 1-hour file).
+# Logs go to $OUT (default /tmp/coala-gpu). Each stage has its own time limit, so one hang does not hide the rest.
+#
+#     bash bench/gpu.sh [WORKERS]      # WORKERS: the CLI's decoding threads (default: cores - 2)
+set -u
+out=${OUT:-/tmp/coala-gpu}
+mkdir -p "$out"
+workers=${1:-$(($(nproc) > 3 ? $(nproc) - 2 : 1))}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+py=${PYTHON:-python3}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv 2>&1 | tee "$out/gpu.txt"
+$py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" \
+    2>&1 | tee -a "$out/gpu.txt"
+
+echo "== tests"
+timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_api.py tests/test_cli.py tests/test_model.py \
+    tests/test_training.py -k "not run_sh_smoke" 2>&1 | tee "$out/tests.log" | tail -25
+
+echo "== training step"
+timeout 120 $py bench/train_speed.py --device cuda --steps 20 2>&1 | tee "$out/train_speed.log"
+
+echo "== inference"
+timeout 360 $py bench/throughput.py --weights weights --device cuda --workers "$workers" --batch-size 256 2>&1 \
+    | tee "$out/throughput.log" | grep -v "files embedded"
