@@ -25,7 +25,7 @@ from coala_embed.api import embed_patches
 from coala_embed.config import FrontendConfig
 
 from .corpus import data_dir
-from .evaluate import resolve_model
+from .evaluate import resolve_model, spec_run
 from .export import run_corpus
 
 log = logging.getLogger("training.analysis")
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         z = embed_patches(model, patches)
         results["cca"][name] = {g: mean_cca(z, d, a.pcs) for g, d in desc.items()}
         if model.tag is not None and name != "random":  # each run on the validation sounds of its own corpus
-            own = run_corpus(root / "runs" / spec.partition(":")[0]) if "=" not in spec else corpus
-            results["tags"][name] = tag_quality(model, own)
+            run = spec_run(spec, root)
+            results["tags"][name] = tag_quality(model, run_corpus(run) if run else corpus)
         log.info("%s: %s", name, json.dumps({"cca": results["cca"][name], "tags": results["tags"].get(name)}))
     (out / "analysis.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [f"Mean canonical correlation (embeddings reduced to {a.pcs} PCs) on the corpus's validation sounds:", "",

@@ -109,6 +109,13 @@ def mfcc_features(task: str, rows: list[dict], cache: Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- models
+def spec_run(spec: str, data: Path) -> Path | None:
+    """The run folder a model spec names (``NAME`` or ``NAME:FILE``); None for ``random`` and ``NAME=PATH``."""
+    if "=" in spec or spec == "random":
+        return None
+    return data / "runs" / spec.partition(":")[0]
+
+
 def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
     """``NAME`` (a run in DATA/runs: the checkpoint ``training.select`` chose, else its best.pt), ``NAME:FILE`` (another checkpoint of that run, e.g.
     ``ae_c:snapshot_epoch4.pt``), ``random`` (untrained encoder with the corpus scaler), or ``NAME=PATH`` (an
@@ -125,10 +132,12 @@ def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
         model.scaler_min.copy_(torch.from_numpy(index["scaler_min"]))
         model.scaler_scale.copy_(torch.from_numpy(index["scaler_scale"]))
         return "random", model.eval().optimize()
-    run, _, checkpoint = spec.partition(":")
+    run = spec_run(spec, data)
+    assert run is not None  # the other forms returned above
     from .select import selected_checkpoint
 
-    model, _ = build_model(data / "runs" / run, checkpoint=checkpoint or selected_checkpoint(data / "runs" / run))
+    checkpoint = spec.partition(":")[2]
+    model, _ = build_model(run, checkpoint=checkpoint or selected_checkpoint(run))
     return spec, model.optimize()
 
 
