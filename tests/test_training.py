@@ -240,7 +240,12 @@ def test_ddp_two_cpu_processes_agree(smoke_data, tmp_path):
 def test_run_sh_smoke(tmp_path):
     env = {**os.environ, "COALA_EMBED_DATA": str(tmp_path)}
     r = subprocess.run(
-        ["bash", "training/run.sh", "--smoke"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900
+        ["bash", "training/run.sh", "--smoke", "--set", "fast_dropout=false"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     weights = tmp_path / "smoke" / "weights"
@@ -255,6 +260,9 @@ def test_run_sh_smoke(tmp_path):
     selected = json.loads((tmp_path / "smoke" / "runs" / "ae_c" / "selected.json").read_text())
     assert model.config.info["checkpoint"] == selected["checkpoint"] and selected["checkpoint"] in selected["means"]
     assert model.config.tag_sets and len(model.config.tag_sets) == len(model.config.tag_set_counts)
+    # run.sh --set reaches every training run
+    for run in ("ae_c", "e_c", "cnn"):
+        assert json.loads((tmp_path / "smoke" / "runs" / run / "config.json").read_text())["fast_dropout"] is False
 
 
 def test_selection_candidates(tmp_path):

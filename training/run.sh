@@ -6,6 +6,7 @@
 #   bash training/run.sh              # the full run (data in $COALA_EMBED_DATA or ~/.cache/coala-embed)
 #   bash training/run.sh --smoke      # the whole chain on a tiny generated corpus, in minutes
 #   bash training/run.sh --skip corpus,ec,cnn --until evaluate
+#   bash training/run.sh --set bf16=false --set fast_dropout=false   # training settings (faster on a GPU)
 #
 # Stages: corpus ae_c ec cnn tasks select evaluate export
 set -euo pipefail
@@ -13,13 +14,15 @@ cd "$(dirname "$0")/.."
 
 SMOKE=0
 SKIP=""
+EXTRA_SET=()
 UNTIL="export"
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) SMOKE=1 ;;
     --skip) SKIP="$2"; shift ;;
     --until) UNTIL="$2"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --set) EXTRA_SET+=("$2"); shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -39,6 +42,7 @@ else
   SELECT_ARGS=(--seeds 2)
   OUT="weights"
 fi
+TRAIN_SET+=(${EXTRA_SET[@]+"${EXTRA_SET[@]}"})  # --set KEY=VALUE: applied to every training run
 export COALA_EMBED_DATA="$DATA"
 mkdir -p "$DATA/logs"
 
