@@ -7,6 +7,13 @@
 # Logs go to $OUT (default /tmp/coala-gpu). Each stage has its own time limit, so one hang does not hide the rest.
 #
 #     bash bench/gpu.sh [WORKERS]      # WORKERS: the CLI's decoding threads (default: cores - 2)
+#
+# On an image that has torch, numpy, scikit-learn, h5py, click, tqdm, safetensors and huggingface_hub but not the
+# rest (as the lent H200 of 2026-11-26), bring the others as cp312 wheels and put them first on PYTHONPATH:
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#         --platform manylinux_2_17_x86_64 -d .whl soundfile cffi pycparser soxr inflect jaraco.functools \
+#         more_itertools typeguard iterative-stratification
+#     pip install --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site bash bench/gpu.sh
 set -u
 out=${OUT:-/tmp/coala-gpu}
 mkdir -p "$out"
