@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one go (about 5 minutes on one H100/H200), for a machine where the package's
 # pure-Python needs are importable (PYTHONPATH) but it is not installed:
-#   1. the API, CLI and model tests (their gpu-marked ones included) and the CUDA training test;
+#   1. the API, CLI, model and extras tests (their gpu-marked ones included) and the CUDA training test;
 #   2. bench/train_speed.py on cuda (one AE-C step: plain fp32 against bf16 autocast + channels-last);
 #   3. bench/throughput.py on cuda (conv ceiling, encoder share, end to end on 200 files, RSS on a 1-hour file).
 # Logs go to $OUT (default /tmp/coala-gpu). Each stage has its own time limit, so one hang does not hide the rest.
@@ -26,7 +26,7 @@ $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cu
     2>&1 | tee -a "$out/gpu.txt"
 
 echo "== tests"
-timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_api.py tests/test_cli.py tests/test_model.py \
+timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_api.py tests/test_cli.py tests/test_model.py tests/test_extras.py \
     2>&1 | tee "$out/tests.log" | tail -15
 # the CPU training tests belong to CI; here only the CUDA one (a smoke corpus, then two short CUDA runs: ~70 s)
 timeout 180 $py -m pytest -q -p no:cacheprovider tests/test_training.py -k cuda 2>&1 | tee -a "$out/tests.log" | tail -15
