@@ -65,7 +65,7 @@ DEFAULTS: dict = {
     "threads": 0,  # 0: all cores
     "device": "auto",  # auto (CUDA when available) | cpu | cuda
     # CUDA only: deterministic cuDNN/cuBLAS kernels, so that a resumed run repeats an uninterrupted one bit for bit
-    # (as on the CPU, where it always does); slower, off by default
+    # (as on the CPU, where it always does); may be slower, off by default
     "deterministic": False,
 }
 
@@ -305,9 +305,9 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
     """Run (or resume) one training; return the folder with ``best.pt``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    use_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
+    use_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
     if use_cuda and cfg["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
