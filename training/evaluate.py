@@ -122,9 +122,13 @@ def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
     exported folder, e.g. ``shipped=weights``)."""
     from .export import build_model
 
-    if "=" in spec:
-        name, path = spec.split("=", 1)
-        return name, load_model(path, device="cpu")
+    run = spec_run(spec, data)
+    if run is not None:
+        from .select import selected_checkpoint
+
+        checkpoint = spec.partition(":")[2]
+        model, _ = build_model(run, checkpoint=checkpoint or selected_checkpoint(run))
+        return spec, model.optimize()
     if spec == "random":
         torch.manual_seed(0)
         model = CoalaModel(CoalaConfig())
@@ -132,13 +136,8 @@ def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
         model.scaler_min.copy_(torch.from_numpy(index["scaler_min"]))
         model.scaler_scale.copy_(torch.from_numpy(index["scaler_scale"]))
         return "random", model.eval().optimize()
-    run = spec_run(spec, data)
-    assert run is not None  # the other forms returned above
-    from .select import selected_checkpoint
-
-    checkpoint = spec.partition(":")[2]
-    model, _ = build_model(run, checkpoint=checkpoint or selected_checkpoint(run))
-    return spec, model.optimize()
+    name, path = spec.split("=", 1)
+    return name, load_model(path, device="cpu")
 
 
 # ------------------------------------------------------------------------------------------- protocol
