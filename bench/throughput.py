@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import soundfile as sf
 import torch
 
 from coala_embed import CoalaConfig, CoalaModel, load_model, save_pretrained
-from coala_embed.api import embed_patches
+from coala_embed.api import embed_patches, float32_convolutions
 from coala_embed.config import FrontendConfig
 from coala_embed.frontend import log_mel
 
@@ -61,10 +60,10 @@ def conv_ceiling(device: torch.device, dtype: torch.dtype) -> float:
         for batch in (32, 64, 128, 512) if device.type == "cpu" else (512, 2048, 8192):
             x = torch.randn(batch, cin, size, size, device=device).contiguous(memory_format=torch.channels_last)
             # fp32 is float32 on a GPU too (cuDNN's TF32 off), as in embed_patches
-            tf32 = (
-                torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if device.type == "cuda" else nullcontext()
-            )
-            with tf32, torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            with (
+                float32_convolutions(device),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16),
+            ):
                 best = min(best, timeit(lambda conv=conv, x=x: conv(x)) / batch)
         per_patch_s += best
     return macs_per_patch() / per_patch_s / 1e9
@@ -75,6 +74,13 @@ def encoder_speed(model: CoalaModel, precision: str, batch: int = 64, n: int = 5
     patches = torch.randn(n, 96, 96) - 6
     t = timeit(lambda: embed_patches(model, patches, batch, precision), repeat=3)
     return n / t
+
+
+def encoder_line(speed: float, ceiling: float) -> str:
+    """``speed`` patches/s as GMAC/s, share of the conv ceiling (GMAC/s) and x real time."""
+    gmacs = speed * macs_per_patch() / 1e9
+    return (f"{speed:7.1f} patches/s = {gmacs:6.1f} GMAC/s = {100 * gmacs / ceiling:.0f}% of the ceiling | "
+            f"{speed * FrontendConfig().patch_seconds:7.0f}x real time")  # fmt: skip
 
 
 def make_folder(folder: Path, n: int) -> float:
@@ -176,15 +182,12 @@ def main() -> None:
         n = 512 if device.type == "cpu" else 32_768  # a GPU needs far more work to time
         speed = encoder_speed(model, name, a.batch_size, n)
         res[name] = {"ceiling_gmacs": ceiling, "patches_per_s": speed, "share": speed * macs / 1e9 / ceiling}
-        print(f"[{name}] conv ceiling {ceiling:6.1f} GMAC/s | encoder {speed:7.1f} patches/s = {speed * macs / 1e9:6.1f} GMAC/s "
-              f"= {100 * res[name]['share']:.0f}% of the ceiling | {speed * FrontendConfig().patch_seconds:7.0f}x real time")  # fmt: skip
+        print(f"[{name}] conv ceiling {ceiling:6.1f} GMAC/s | encoder {encoder_line(speed, ceiling)}")
     if device.type == "cuda":  # what the GPU gives with larger batches than the CLI's default
         for name in ("fp32", "bf16"):
             big = encoder_speed(model, name, 1024, 65_536)
             res[name]["patches_per_s_batch1024"] = big
-            print(f"[{name}] encoder at batch 1024: {big:7.0f} patches/s = {big * macs / 1e9:6.0f} GMAC/s "
-                  f"= {100 * big * macs / 1e9 / res[name]['ceiling_gmacs']:.0f}% of the ceiling | "
-                  f"{big * FrontendConfig().patch_seconds:7.0f}x real time")  # fmt: skip
+            print(f"[{name}] encoder at batch 1024: {encoder_line(big, res[name]['ceiling_gmacs'])}")
     audio = np.random.default_rng(0).standard_normal(22_000 * 600).astype(np.float32)
     t = timeit(lambda: log_mel(audio, FrontendConfig()), repeat=2)
     print(f"front-end (log-mel, float64 STFT, one thread of work): {600 / t:7.0f}x real time")

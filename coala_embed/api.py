@@ -67,6 +67,14 @@ def _model(model: CoalaModel | None, device: str | torch.device | None) -> Coala
     return model
 
 
+def float32_convolutions(device: torch.device) -> contextlib.AbstractContextManager:
+    """Context in which convolutions on ``device`` run in float32: on CUDA, cuDNN would otherwise use TF32 (a
+    10-bit mantissa) for float32 inputs; on the CPU they already do."""
+    if device.type == "cuda":
+        return torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
+    return contextlib.nullcontext()
+
+
 @torch.inference_mode()
 def embed_patches(
     model: CoalaModel, patches: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32"
@@ -82,12 +90,8 @@ def embed_patches(
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     dev = model.device
     out = []
-    # On a GPU the batches are queued without waiting for each one (one copy back at the end), and "fp32" means
-    # float32 convolutions: cuDNN would otherwise run them in TF32 (a 10-bit mantissa).
-    tf32 = (
-        torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if dev.type == "cuda" else contextlib.nullcontext()
-    )
-    with tf32, torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    # On a GPU the batches are queued without waiting for each one (one copy back at the end).
+    with float32_convolutions(dev), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for i in range(0, len(patches), batch_size):
             out.append(model(patches[i : i + batch_size].to(dev, non_blocking=True)).float())
     if not out:
