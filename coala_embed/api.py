@@ -14,7 +14,7 @@ import torch
 
 from .audio_io import BLOCK_SECONDS, audio_info, iter_blocks, load_audio
 from .config import FrontendConfig
-from .errors import DeviceError
+from .errors import AudioError, DeviceError
 from .frontend import Patches, StreamingPatches, patches_from_audio, prepare, resample
 from .model import CoalaModel
 
@@ -145,15 +145,22 @@ STREAM_SECONDS = 120.0  # files longer than this are decoded and cut block by bl
 
 
 def iter_file_patches(
-    path: str | os.PathLike, cfg: FrontendConfig, *, block_seconds: float = BLOCK_SECONDS
+    path: str | os.PathLike,
+    cfg: FrontendConfig,
+    *,
+    block_seconds: float = BLOCK_SECONDS,
+    max_seconds: float | None = None,
 ) -> Iterator[Patches]:
     """Decode, resample and cut a file into patches, yielding them block by block for long files so that
     memory stays flat (the same patches as decoding the whole file; ``tests/test_frontend.py``).
 
     Raises:
-        AudioError: the file is missing, not audio, unreadable, empty, or holds NaN/Inf.
+        AudioError: the file is missing, not audio, unreadable, empty, holds NaN/Inf, or is longer than
+            ``max_seconds`` (checked before decoding).
     """
     sr, _, frames = audio_info(path)
+    if max_seconds is not None and frames / sr > max_seconds:
+        raise AudioError(f"{path}: {frames / sr / 3600:.1f} h long, over the limit of {max_seconds / 3600:g} h")
     if frames / sr <= max(STREAM_SECONDS, cfg.pad_seconds, 2 * cfg.patch_seconds):
         audio, sr = load_audio(path)
         yield patches_from_audio(resample(audio, sr, cfg.sample_rate), cfg)
@@ -171,9 +178,9 @@ def iter_file_patches(
         block = nxt
 
 
-def file_patches(path: str | os.PathLike, cfg: FrontendConfig) -> Patches:
-    """All patches of a file at once (errors name the file)."""
-    parts = list(iter_file_patches(path, cfg))
+def file_patches(path: str | os.PathLike, cfg: FrontendConfig, *, max_seconds: float | None = None) -> Patches:
+    """All patches of a file at once (errors name the file; ``max_seconds`` as in :func:`iter_file_patches`)."""
+    parts = list(iter_file_patches(path, cfg, max_seconds=max_seconds))
     return Patches(torch.cat([p.patches for p in parts]), np.concatenate([p.starts for p in parts]),
                    np.concatenate([p.ends for p in parts]), parts[-1].duration)  # fmt: skip
 

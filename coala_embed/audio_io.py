@@ -16,19 +16,26 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", "
 BLOCK_SECONDS = 60.0
 
 
+def _open(path: str | os.PathLike) -> sf.SoundFile:
+    """Open ``path`` for reading, checking that it is audio with at least one channel."""
+    try:
+        f = sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
+        raise AudioError(f"{path}: not readable as audio ({_reason(e)})") from e
+    if f.channels < 1 or f.samplerate <= 0:
+        f.close()
+        raise AudioError(f"{path}: has {f.channels} channels at {f.samplerate} Hz")
+    return f
+
+
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     """Return ``(sample_rate, channels, frames)`` of a file without decoding it.
 
     Raises:
         AudioError: the file cannot be opened as audio, or has no channels.
     """
-    try:
-        info = sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
-        raise AudioError(f"{path}: not readable as audio ({_reason(e)})") from e
-    if info.channels < 1 or info.samplerate <= 0:
-        raise AudioError(f"{path}: has {info.channels} channels at {info.samplerate} Hz")
-    return info.samplerate, info.channels, info.frames
+    with _open(path) as f:
+        return f.samplerate, f.channels, f.frames
 
 
 def downmix(data: np.ndarray) -> np.ndarray:
@@ -67,9 +74,10 @@ def load_audio(
     Raises:
         AudioError: unreadable, not audio, truncated beyond repair, empty, or holding NaN/Inf.
     """
-    sr, _, _ = audio_info(path)
+    f = _open(path)  # one open per file: the info and the samples come from the same handle
+    sr = f.samplerate
     try:
-        with sf.SoundFile(str(path)) as f:
+        with f:
             if start_seconds:
                 f.seek(int(start_seconds * sr))
             n = -1 if max_seconds is None else int(max_seconds * sr)
@@ -83,10 +91,11 @@ def load_audio(
 
 def iter_blocks(path: str | os.PathLike, block_seconds: float = BLOCK_SECONDS) -> Iterator[tuple[np.ndarray, int]]:
     """Decode a file block by block as float32 mono, so that long files never sit whole in memory."""
-    sr, _, _ = audio_info(path)
+    f = _open(path)
+    sr = f.samplerate
     block = max(1, int(block_seconds * sr))
     try:
-        with sf.SoundFile(str(path)) as f:
+        with f:
             while True:
                 data = f.read(block, dtype="float32", always_2d=True)
                 if data.shape[0] == 0:

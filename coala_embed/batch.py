@@ -18,7 +18,6 @@ import numpy as np
 
 from . import __version__
 from .api import batch_across, file_patches
-from .audio_io import audio_info
 from .errors import AudioError, CoalaEmbedError
 from .frontend import Patches
 from .model import CoalaModel
@@ -135,10 +134,7 @@ class _State:
 
 
 def _decode(path: Path, model: CoalaModel, opts: Options) -> Patches:
-    sr, _, n = audio_info(path)
-    if n / sr > opts.max_hours * 3600:
-        raise AudioError(f"{path}: {n / sr / 3600:.1f} h long, over the limit of {opts.max_hours} h (--max-hours)")
-    p = file_patches(path, model.config.frontend)
+    p = file_patches(path, model.config.frontend, max_seconds=opts.max_hours * 3600)
     if len(p.patches) == 0:
         raise AudioError(f"{path}: gave no patches")
     return p

@@ -123,7 +123,11 @@ def _torch_constants(cfg: FrontendConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _spectrum_to_log_mel(frames_stft: torch.Tensor, fb: torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:
-    return torch.log(fb @ frames_stft.abs() + cfg.log_eps).to(torch.float32)
+    # |X| as sqrt(re^2 + im^2): 2-3x faster than the complex abs (a hypot per bin) and within one rounding of
+    # it (relative 1e-7 in float32, 2e-16 in float64; tests/test_frontend.py).
+    ri = torch.view_as_real(frames_stft)
+    re, im = ri[..., 0], ri[..., 1]
+    return torch.log(fb @ torch.sqrt(re * re + im * im) + cfg.log_eps).to(torch.float32)
 
 
 def log_mel(audio: np.ndarray | torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:
@@ -144,9 +148,31 @@ def log_mel(audio: np.ndarray | torch.Tensor, cfg: FrontendConfig) -> torch.Tens
 
 
 def dither(n: int, cfg: FrontendConfig) -> np.ndarray:
-    """The original's pad noise, ``pad_noise * U[0, 1)``, from a generator seeded by ``cfg.noise_seed``."""
-    rng = np.random.default_rng(cfg.noise_seed)
-    return (cfg.pad_noise * rng.random(n, dtype=np.float64)).astype(np.float32)
+    """The original's pad noise, ``pad_noise * U[0, 1)``, from a generator seeded by ``cfg.noise_seed``.
+
+    Every call starts the generator afresh, so ``dither(n)`` is the first ``n`` values of one fixed sequence:
+    the first ``DITHER_CACHE_SECONDS`` of it are computed once per setting and sliced (read-only), which
+    saves drawing ~1 ns per sample for every clip; longer requests are drawn as before.
+    """
+    cached = _dither_prefix(cfg.noise_seed, cfg.pad_noise, int(DITHER_CACHE_SECONDS * cfg.sample_rate))
+    if n <= len(cached):
+        return cached[:n]
+    return _draw_dither(n, cfg.noise_seed, cfg.pad_noise)
+
+
+DITHER_CACHE_SECONDS = 130.0  # covers every file the CLI decodes whole (api.STREAM_SECONDS) and 10-s pads
+
+
+def _draw_dither(n: int, seed: int, amplitude: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (amplitude * rng.random(n, dtype=np.float64)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _dither_prefix(seed: int, amplitude: float, n: int) -> np.ndarray:
+    out = _draw_dither(n, seed, amplitude)
+    out.flags.writeable = False
+    return out
 
 
 def chunk_starts(n_frames: int, cfg: FrontendConfig) -> np.ndarray:

@@ -12,8 +12,11 @@ from conftest import SR, chirp, fsdd_file, noise, sine
 from coala_embed.config import LOG_EPS, FrontendConfig
 from coala_embed.errors import AudioError
 from coala_embed.frontend import (
+    DITHER_CACHE_SECONDS,
     StreamingPatches,
+    _torch_constants,
     chunk_starts,
+    dither,
     log_mel,
     mel_filterbank,
     pad,
@@ -77,6 +80,35 @@ def test_original_pooling_pads_to_10s_and_keeps_four_chunks():
     long = patches_from_audio(noise(30.0), cfg)  # > 10 s: no padding, no noise
     assert len(long.patches) == (1 + 30 * 22_000 // 512) // 96
     assert np.array_equal(pad(noise(30.0), cfg), noise(30.0))
+
+
+@pytest.mark.parametrize("stft_dtype", ["float64", "float32"])
+def test_magnitude_equals_complex_abs(stft_dtype):
+    """The front-end takes |X| as sqrt(re^2 + im^2) (faster than torch's complex abs): the same log-mel within
+    float rounding of the textbook formula."""
+    cfg = FrontendConfig(stft_dtype=stft_dtype)
+    y = sine(97, 3.0) + sine(5_003, 3.0, amp=0.01) + noise(3.0) * 1e-3
+    window, fb = _torch_constants(cfg)
+    spec = torch.stft(torch.as_tensor(y).to(window.dtype), 1024, 512, window=window, center=True,
+                      pad_mode="reflect", return_complex=True)  # fmt: skip
+    ref = torch.log(fb @ spec.abs() + cfg.log_eps).float()
+    tol = 1e-12 if stft_dtype == "float64" else 1e-5  # then cast to float32: equal to the last float32 bit or so
+    torch.testing.assert_close(log_mel(y, cfg), ref, rtol=0, atol=max(tol, 4e-7))
+
+
+@pytest.mark.parametrize("seconds", [0.001, 1.0, DITHER_CACHE_SECONDS, DITHER_CACHE_SECONDS + 1])
+def test_dither_is_the_seeded_draw_cached_or_not(seconds):
+    """dither(n) slices a cached prefix of one seeded sequence: bit for bit the fresh draw, read-only, and
+    past the cache drawn afresh."""
+    n = int(seconds * CFG.sample_rate)
+    ref = (CFG.pad_noise * np.random.default_rng(CFG.noise_seed).random(n)).astype(np.float32)
+    d = dither(n, CFG)
+    assert d.dtype == np.float32 and np.array_equal(d, ref)
+    if seconds <= DITHER_CACHE_SECONDS:
+        with pytest.raises(ValueError):
+            d[0] = 1.0  # the cache cannot be written through a result
+    other = dither(n, FrontendConfig(noise_seed=1))
+    assert not np.array_equal(other, d) or n == 0
 
 
 def test_original_dither_is_seeded_and_non_negative():
