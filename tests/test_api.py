@@ -143,3 +143,24 @@ def test_file_formats(model, tmp_path, name, fmt, subtype, sr):
     ref = get_embedding(x, sr, model=model)
     assert abs(e.duration - 3.0) < 0.1
     assert np.corrcoef(e.clip, ref)[0, 1] > 0.98  # lossy codecs change the sound a little
+
+
+def test_public_names_load_on_first_use_without_torch_at_import():
+    """``import coala_embed`` and ``coala-embed --help`` do not load torch (PEP 562 lazy names), and every
+    name in ``__all__`` resolves to the object its module defines."""
+    import subprocess
+    import sys
+
+    import coala_embed
+
+    code = (
+        "import sys, coala_embed, coala_embed.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+        "from coala_embed import get_embedding; assert 'torch' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert set(coala_embed.__all__) == {*coala_embed._LAZY, "__version__"}
+    for name in coala_embed.__all__:
+        assert getattr(coala_embed, name) is not None
+    assert coala_embed.get_embedding is get_embedding and coala_embed.AudioError is AudioError
+    with pytest.raises(AttributeError):
+        coala_embed.no_such_name  # noqa: B018
