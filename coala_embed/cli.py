@@ -67,6 +67,18 @@ def _tune_malloc() -> None:
     mallopt(m_top_pad, 512 << 20)
 
 
+def _freeze_startup_objects() -> None:
+    """Move the objects made so far (torch's modules, the model) out of the garbage collector's sight.
+
+    The collector's full passes, and the one at interpreter exit, would otherwise walk torch's hundreds of
+    thousands of objects again: exiting after ``import torch`` took 0.4 s on the dev machine, 0.07 s after
+    ``gc.freeze()``. Objects made later are collected as usual.
+    """
+    import gc
+
+    gc.freeze()
+
+
 def _load(weights: str | None, device: str):
     from .api import resolve_device
     from .hub import load_model
@@ -197,6 +209,7 @@ def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, bat
     if not paths:
         raise click.UsageError("no audio files found in the inputs (check --ext)")
     model = _load(weights, device)
+    _freeze_startup_objects()
     if fast_frontend:
         model.config = model.config.replace(stft_dtype="float32")
     opts = batch.Options(
