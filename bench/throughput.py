@@ -157,7 +157,7 @@ def main() -> None:
     )
     p.add_argument("--files", type=int, default=200)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: the CLI's own default)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
         "--precision",
@@ -226,8 +226,9 @@ def main() -> None:
     for name, extra in runs.items():
         if a.precision != "all" and name != a.precision:
             continue
+        workers = ["--workers", str(a.workers)] if a.workers else []
         wall, rss = cli([str(folder), "-o", str(out), "--weights", weights, "-q", "-f", "--device", a.device,
-                       "--workers", str(a.workers), "--batch-size", str(a.batch_size), *extra])  # fmt: skip
+                       *workers, "--batch-size", str(a.batch_size), *extra])  # fmt: skip
         res[f"e2e_{name}"] = hours * 3600 / wall
         print(
             f"end to end ({name}): {a.files} files, {hours:.2f} h of audio in {wall:.1f} s = {hours * 3600 / wall:.0f}x real time, peak RSS {rss} MB"

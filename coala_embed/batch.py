@@ -37,6 +37,16 @@ class Options:
     precision: str = "fp32"  # fp32 | bf16
 
 
+def default_workers(device_type: str, cores: int | None = None) -> int:
+    """Decoding threads when ``--workers`` is not given: on a GPU the CPU only decodes, resamples and computes
+    log-mels, so all cores but two (one feeds the GPU) decode; on a CPU the encoder takes the same cores,
+    and half of them decode (the encoder and the decoding stages cost about the same in fp32; on 2 cores
+    both ways give 2, what ``bench/throughput.py`` measures)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(2, cores - 2 if device_type == "cuda" else cores // 2)
+
+
 def manifest_path(out: Path) -> Path:
     """``feats.npy`` -> ``feats.manifest.json``."""
     return out.with_name(out.stem + ".manifest.json")

@@ -141,10 +141,10 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 )
 @click.option(
     "--workers",
-    default=2,
-    show_default=True,
+    default=None,
     type=click.IntRange(1),
-    help="Threads decoding and computing log-mels while the model runs.",
+    help="Threads decoding and computing log-mels while the model runs [default: on a GPU all CPU cores "
+    "but two, on a CPU half of them; at least 2].",
 )
 @click.option(
     "--precision",
@@ -212,6 +212,8 @@ def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, bat
     _freeze_startup_objects()
     if fast_frontend:
         model.config = model.config.replace(stft_dtype="float32")
+    if workers is None:
+        workers = batch.default_workers(model.device.type)
     opts = batch.Options(
         fmt=fmt, frames=frames, batch_size=batch_size, workers=workers, max_hours=max_hours, precision=precision
     )

@@ -244,3 +244,11 @@ def test_fast_frontend_flag(audio_dir, weights_dir, tmp_path):
     assert manifest(b)["frontend"]["stft_dtype"] == "float32" and manifest(a)["frontend"]["stft_dtype"] == "float64"
     x, y = np.load(a), np.load(b)
     assert (np.linalg.norm(x - y, axis=1) / np.linalg.norm(x, axis=1)).max() < 1e-5
+
+
+def test_default_workers_follow_the_cores_and_the_device():
+    from coala_embed.batch import default_workers
+
+    assert [default_workers("cpu", n) for n in (1, 2, 4, 16)] == [2, 2, 2, 8]
+    assert [default_workers("cuda", n) for n in (2, 4, 16)] == [2, 2, 14]
+    assert default_workers("cpu") >= 2
