@@ -44,7 +44,7 @@ def _tune_malloc() -> None:
     """Keep freed memory in the process for reuse (glibc only; a no-op elsewhere).
 
     Every file allocates and frees buffers of megabytes (decoded audio, spectrograms, patches). With glibc's
-    defaults each is a fresh mmap whose pages fault in again and are unmapped on free: a sixth of the CLI's
+    defaults each is a fresh mmap whose pages fault in again and are unmapped on free: a tenth of the CLI's
     CPU time went to the kernel (``bench/throughput.py``; 1.3 of 12.7 CPU-s on 200 files). Raising the
     mmap and trim thresholds keeps those pages in the heap (1.3 -> 0.8 kernel CPU-s there) without raising
     the peak: the 1-hour FLAC peaks at 805-861 MB with it and 815-820 MB without (two runs each). Only the
