@@ -218,9 +218,9 @@ training/README.md's results log).
   {len(cfg.get("tag_sets", []))} distinct tag sets of the training sounds (`predict_tags`' default); the validation
   sounds above share packages and naming habits with the training sounds, so expect lower precision on other
   audio. Ranking single tags by cosine (`method="one-hot"`) is weaker: the tag encoder only saw multi-hot sets.
-- The instrument task's accuracy moves by several points from one training seed to the next (a rerun of the
-  shipped configuration with another seed: training/README.md's results log); read its margin over MFCC with
-  that spread in mind.
+- The instrument task's test accuracy moves by up to 8 points from one training seed to the next (three runs of
+  the shipped configuration that differ only in the seed: training/README.md's results log), while its
+  validation split barely tells them apart; read its margin over MFCC with that spread in mind.
 """
     (folder / "README.md").write_text(text)
     return folder / "README.md"
