@@ -99,19 +99,20 @@ def make_folder(folder: Path, n: int) -> float:
     return total
 
 
-def stage_seconds(folder: Path, cfg: FrontendConfig) -> dict[str, float]:
+def stage_seconds(folder: Path, cfg: FrontendConfig) -> tuple[dict[str, float], dict[str, float]]:
     """CPU seconds, in this process and one thread of work each, that decoding (with the stereo downmix),
-    resampling and the log-mel front-end spend on the folder: what every file costs before the encoder; also
-    decoding per file format ("decode ogg", ...)."""
+    resampling and the log-mel front-end spend on the folder: what every file costs before the encoder; and
+    the decoding seconds per file extension."""
     from coala_embed.audio_io import load_audio
     from coala_embed.frontend import resample
 
     out = {"decode": 0.0, "resample": 0.0, "frontend": 0.0}
+    by_format: dict[str, float] = {}
     for path in sorted(folder.iterdir()):
         t0 = time.perf_counter()
         audio, sr = load_audio(path)
         t1 = time.perf_counter()
-        out[f"decode {path.suffix[1:]}"] = out.get(f"decode {path.suffix[1:]}", 0.0) + t1 - t0
+        by_format[path.suffix[1:]] = by_format.get(path.suffix[1:], 0.0) + t1 - t0
         audio = resample(audio, sr, cfg.sample_rate)
         t2 = time.perf_counter()
         log_mel(audio, cfg)
@@ -119,7 +120,7 @@ def stage_seconds(folder: Path, cfg: FrontendConfig) -> dict[str, float]:
         out["decode"] += t1 - t0
         out["resample"] += t2 - t1
         out["frontend"] += t3 - t2
-    return out
+    return out, by_format
 
 
 def startup_seconds(weights: str) -> float:
@@ -202,21 +203,20 @@ def main() -> None:
     cores = torch.get_num_threads()
     start = startup_seconds(weights)
     for stft, label in (("float64", "fp32"), ("float32", "fp32 + --fast-frontend")):
-        stages = stage_seconds(folder, FrontendConfig(stft_dtype=stft))
-        cpu_stages = stages["decode"] + stages["resample"] + stages["frontend"]  # (per-format lines split decode)
+        stages, by_format = stage_seconds(folder, FrontendConfig(stft_dtype=stft))
         for prec in ("fp32", "bf16"):
             if label.endswith("frontend") or prec == "fp32":
                 enc_s = hours * 3600 / FrontendConfig().patch_seconds / res[prec]["patches_per_s"]
                 if device.type == "cpu":  # the encoder's threads take the same cores as the other stages
-                    enc, work = enc_s * cores, cpu_stages + enc_s * cores
+                    enc, work = enc_s * cores, sum(stages.values()) + enc_s * cores
                     bound = hours * 3600 / (work / cores + start)
                 else:  # on a GPU the encoder overlaps the CPU stages: the slower of the two bounds the run
-                    enc, work = enc_s, cpu_stages
+                    enc, work = enc_s, sum(stages.values())
                     bound = hours * 3600 / (max(work / cores, enc_s) + start)
                 total = (
                     f"core-s = {work:.1f} core-s" if device.type == "cpu" else f"GPU-s; CPU stages {work:.1f} core-s"
                 )
-                formats = ", ".join(f"{k.split()[1]} {v:.1f}" for k, v in stages.items() if k.startswith("decode "))
+                formats = ", ".join(f"{ext} {v:.1f}" for ext, v in by_format.items())
                 print(f"budget ({label.replace('fp32', prec)}): decode {stages['decode']:.1f} ({formats}) + resample {stages['resample']:.1f} "
                       f"+ front-end {stages['frontend']:.1f} + encoder {enc:.1f} {total} on {cores} cores, "
                       f"startup {start:.1f} s -> at best {bound:.0f}x real time")  # fmt: skip
