@@ -12,6 +12,7 @@ with the best x real time they would allow on this machine, and the peak RSS of 
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import subprocess
 import sys
@@ -24,8 +25,9 @@ import soundfile as sf
 import torch
 
 from coala_embed import CoalaConfig, CoalaModel, load_model, save_pretrained
-from coala_embed.api import embed_patches, float32_convolutions
+from coala_embed.api import embed_patches
 from coala_embed.config import FrontendConfig
+from coala_embed.device import bf16_native, cpu_name, float32_convolutions
 from coala_embed.frontend import log_mel
 
 # (in_channels, out_channels, input size) of the five Conv(k4, s2, p1) layers
@@ -178,7 +180,13 @@ def main() -> None:
         save_pretrained(CoalaModel(CoalaConfig()), weights, trained=False)
     model = load_model(weights, device=device)
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}{gpu}")
+    native = bf16_native(device)
+    where = f"{cpu_name()}, bf16 {'native' if native else 'NOT native'}{gpu}"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; {where}")
+
+    def say(*args) -> None:  # every figure names the machine it was measured on
+        builtins.print(*args, f" [{where}]")
+
     res: dict = {}
     macs = macs_per_patch()
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -186,15 +194,20 @@ def main() -> None:
         n = 512 if device.type == "cpu" else 32_768  # a GPU needs far more work to time
         speed = encoder_speed(model, name, a.batch_size, n)
         res[name] = {"ceiling_gmacs": ceiling, "patches_per_s": speed, "share": speed * macs / 1e9 / ceiling}
-        print(f"[{name}] conv ceiling {ceiling:6.1f} GMAC/s | encoder {encoder_line(speed, ceiling)}")
+        fallback = (
+            " (bf16 is not native here: this is the fp32 fallback the package runs)"
+            if name == "bf16" and not native
+            else ""
+        )
+        say(f"[{name}] conv ceiling {ceiling:6.1f} GMAC/s | encoder {encoder_line(speed, ceiling)}{fallback}")
     if device.type == "cuda":  # what the GPU gives with larger batches than the CLI's default
         for name in ("fp32", "bf16"):
             big = encoder_speed(model, name, 1024, 65_536)
             res[name]["patches_per_s_batch1024"] = big
-            print(f"[{name}] encoder at batch 1024: {encoder_line(big, res[name]['ceiling_gmacs'])}")
+            say(f"[{name}] encoder at batch 1024: {encoder_line(big, res[name]['ceiling_gmacs'])}")
     audio = np.random.default_rng(0).standard_normal(22_000 * 600).astype(np.float32)
     t = timeit(lambda: log_mel(audio, FrontendConfig()), repeat=2)
-    print(f"front-end (log-mel, float64 STFT, one thread of work): {600 / t:7.0f}x real time")
+    say(f"front-end (log-mel, float64 STFT, one thread of work): {600 / t:7.0f}x real time")
     folder = tmp / "audio"
     folder.mkdir()
     hours = make_folder(folder, a.files) / 3600
@@ -217,7 +230,7 @@ def main() -> None:
                     f"core-s = {work:.1f} core-s" if device.type == "cpu" else f"GPU-s; CPU stages {work:.1f} core-s"
                 )
                 formats = ", ".join(f"{ext} {v:.1f}" for ext, v in by_format.items())
-                print(f"budget ({label.replace('fp32', prec)}): decode {stages['decode']:.1f} ({formats}) + resample {stages['resample']:.1f} "
+                say(f"budget ({label.replace('fp32', prec)}): decode {stages['decode']:.1f} ({formats}) + resample {stages['resample']:.1f} "
                       f"+ front-end {stages['frontend']:.1f} + encoder {enc:.1f} {total} on {cores} cores, "
                       f"startup {start:.1f} s -> at best {bound:.0f}x real time")  # fmt: skip
                 res[f"bound_{prec}_{stft}"] = bound
@@ -234,7 +247,7 @@ def main() -> None:
         wall, rss = cli([str(folder), "-o", str(out), "--weights", weights, "-q", "-f", "--device", a.device,
                        *workers, "--batch-size", str(a.batch_size), *extra])  # fmt: skip
         res[f"e2e_{name}"] = hours * 3600 / wall
-        print(
+        say(
             f"end to end ({name}): {a.files} files, {hours:.2f} h of audio in {wall:.1f} s = {hours * 3600 / wall:.0f}x real time, peak RSS {rss} MB"
         )
     if not a.skip_rss:
@@ -247,8 +260,9 @@ def main() -> None:
             [str(long), "-o", str(tmp / "hour.npy"), "--weights", weights, "-q", "-f", "--device", a.device]
         )
         res["rss_1h_mb"] = rss
-        print(f"1-hour 44.1 kHz stereo FLAC: peak RSS {rss} MB, {3600 / wall:.0f}x real time")
-    print(json.dumps(res))
+        say(f"1-hour 44.1 kHz stereo FLAC: peak RSS {rss} MB, {3600 / wall:.0f}x real time")
+    res["cpu"], res["bf16_native"] = cpu_name(), native
+    builtins.print(json.dumps(res))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """Training throughput: samples/s of one AE-C step (both autoencoders, three losses, batch 128), plain fp32
-with contiguous memory versus ours (bf16 autocast + channels-last), measured in one run.
+with contiguous memory versus ours (bf16 autocast where the CPU has it natively, else fp32; channels-last;
+FastDropout), measured in one run; with ``--augment``, the cost of on-the-fly augmentation (training/augment.py)
+against that step.
 
     python bench/train_speed.py [--variant ae_c|e_c|cnn] [--steps 12] [--batch-size 128] [--device cpu|cuda]
+    python bench/train_speed.py --augment '{"mix": 0.5, "gain_db": 6, "eq_db": 6, "pitch": 2, "reverb": 0.3, "noise": 0.3}'
 
-On CUDA the same step runs under CUDA autocast (bf16); "plain" keeps PyTorch's defaults there.
+Every line names the CPU and whether bfloat16 is native on it: on a CPU without AVX-512 BF16 or AMX the bf16
+lines run oneDNN's reference code and are many times slower. On CUDA the same step runs under CUDA autocast
+(bf16); "plain" keeps PyTorch's defaults there.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from coala_embed.device import bf16_native, cpu_name  # noqa: E402
 from training.train import DEFAULTS, build_models, build_optimizers, train_step  # noqa: E402
 
 N_TAGS = 1000
@@ -66,20 +72,54 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--all", action="store_true", help="also time bf16 where it is not native (very slow)")
+    p.add_argument("--augment", default="", help="JSON of training/augment.py settings: also time augmentation")
     a = p.parse_args()
     dev = torch.device(a.device)
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    native = bf16_native(dev)
+    where = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"{cpu_name()}, {torch.get_num_threads()} threads, bf16 {'native' if native else 'NOT native'}"
+    )
+    tag = f"[{where}]"
     print(f"torch {torch.__version__}, {where}, variant {a.variant}, batch {a.batch_size}")
     plain = measure(a.variant, False, False, a.steps, a.batch_size, fast_dropout=False, device=dev)
-    print(f"plain fp32, contiguous, nn.Dropout       : {plain:7.1f} samples/s")
+    print(f"plain fp32, contiguous, nn.Dropout       : {plain:7.1f} samples/s  {tag}")
+    ours = None
     for bf16, cl, fd, name in [
         (False, True, False, "fp32, channels-last"),
+        (False, True, True, "fp32 + channels-last + FastDropout"),
         (True, False, False, "bf16, contiguous"),
         (True, True, False, "bf16 + channels-last"),
-        (True, True, True, "bf16 + channels-last + FastDropout (ours)"),
+        (True, True, True, "bf16 + channels-last + FastDropout"),
     ]:
+        if bf16 and not native and not a.all:
+            print(f"{name:41s}: skipped (bf16 is not native here: a step takes minutes; --all runs it)  {tag}")
+            continue
         s = measure(a.variant, bf16, cl, a.steps, a.batch_size, fd, dev)
-        print(f"{name:41s}: {s:7.1f} samples/s  ({s / plain:.2f}x plain)")
+        default = fd and cl and bf16 == native  # what training's bf16="auto" runs here
+        ours = s if default else ours
+        mark = "  <- the training default here" if default else ""
+        print(f"{name:41s}: {s:7.1f} samples/s  ({s / plain:.2f}x plain)  {tag}{mark}")
+    if a.augment and ours:
+        import json
+
+        from training.augment import Augment, augment, mel_centres
+
+        aug = Augment(**json.loads(a.augment))
+        x = torch.randn(a.batch_size, 96, 96 + aug.extra_frames) - 6
+        tags = (torch.rand(a.batch_size, N_TAGS) < 0.005).float()
+        centres, gen = mel_centres(), torch.Generator().manual_seed(0)
+        times = []
+        for _ in range(a.steps + 2):
+            t = time.perf_counter()
+            augment(x, tags, aug, gen, 96, centres)
+            times.append(time.perf_counter() - t)
+        aug_s = sorted(times[2:])[len(times[2:]) // 2]
+        step_s = a.batch_size / ours
+        print(f"augmentation {a.augment}: {1000 * aug_s:.1f} ms per batch, {100 * aug_s / step_s:.1f} % of the "
+              f"default step ({1000 * step_s:.0f} ms)  {tag}")  # fmt: skip
 
 
 if __name__ == "__main__":

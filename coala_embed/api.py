@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -14,8 +13,9 @@ import torch
 
 from .audio_io import BLOCK_SECONDS, audio_info, iter_blocks, load_audio
 from .config import FrontendConfig
-from .errors import AudioError, DeviceError
-from .frontend import Patches, StreamingPatches, patches_from_audio, prepare, resample
+from .device import float32_convolutions, resolve_device, resolve_precision
+from .errors import AudioError
+from .frontend import Patches, StreamingPatches, check_sample_rate, patches_from_audio, prepare, resample, to_mono
 from .model import CoalaModel
 
 DEFAULT_BATCH_SIZE = 64
@@ -39,24 +39,6 @@ class Embedding:
     duration: float
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU; asking for a missing GPU raises DeviceError."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise DeviceError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {device!r} asked for CUDA, but this machine has no usable GPU; use 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) here")
-    elif dev.type != "cpu":
-        raise DeviceError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    return dev
-
-
 def _model(model: CoalaModel | None, device: str | torch.device | None) -> CoalaModel:
     from .hub import load_model
 
@@ -67,28 +49,21 @@ def _model(model: CoalaModel | None, device: str | torch.device | None) -> Coala
     return model
 
 
-def float32_convolutions(device: torch.device) -> contextlib.AbstractContextManager:
-    """Context in which convolutions on ``device`` run in float32: on CUDA, cuDNN would otherwise use TF32 (a
-    10-bit mantissa) for float32 inputs; on the CPU they already do."""
-    if device.type == "cuda":
-        return torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
-    return contextlib.nullcontext()
-
-
 @torch.inference_mode()
 def embed_patches(
     model: CoalaModel, patches: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32"
 ) -> np.ndarray:
     """Embeddings ``[N, D]`` float32 of unscaled log-mel patches ``[N, 96, 96]``, ``batch_size`` at a time.
 
-    ``precision="bf16"`` runs the convolutions under bfloat16 autocast (faster on CPUs with AVX-512 BF16 and
-    on GPUs); embeddings then differ from fp32 by the tolerance measured in ``tests/test_model.py``.
+    ``precision="bf16"`` runs the convolutions under bfloat16 autocast where bfloat16 is native (GPUs, CPUs with
+    AVX-512 BF16 or AMX; elsewhere it warns and runs fp32, see :func:`coala_embed.device.resolve_precision`);
+    ``"auto"`` picks bf16 where native. Embeddings then differ from fp32 by the tolerance measured in
+    ``tests/test_model.py``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     dev = model.device
+    precision = resolve_precision(precision, dev)
     out = []
     # On a GPU the batches are queued without waiting for each one (one copy back at the end).
     with float32_convolutions(dev), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -134,8 +109,18 @@ def get_embedding(
         DeviceError: ``device`` names a GPU that is not there.
     """
     model = _model(model, device)
-    p = prepare(audio, sr, model.config.frontend)
-    emb = _finish(p, embed_patches(model, p.patches, batch_size))
+    cfg = model.config.frontend
+    sr = check_sample_rate(sr)
+    mono = to_mono(audio)
+    if len(mono) / sr <= _stream_threshold(cfg):
+        p = prepare(mono, sr, cfg)
+        emb = _finish(p, embed_patches(model, p.patches, batch_size))
+    else:  # long arrays block by block, as long files: memory stays flat in the duration
+        blocks = (mono[i : i + int(BLOCK_SECONDS * sr)] for i in range(0, len(mono), int(BLOCK_SECONDS * sr)))
+        parts = [(p, embed_patches(model, p.patches, batch_size)) for p in _stream(blocks, sr, cfg)]
+        p = Patches(torch.zeros(0), np.concatenate([q.starts for q, _ in parts]),
+                    np.concatenate([q.ends for q, _ in parts]), parts[-1][0].duration)  # fmt: skip
+        emb = _finish(p, np.concatenate([f for _, f in parts]))
     if frames:
         return emb.frames, np.stack([emb.starts, emb.ends], axis=1)
     return emb.clip
@@ -161,19 +146,29 @@ def iter_file_patches(
     sr, _, frames = audio_info(path)
     if max_seconds is not None and frames / sr > max_seconds:
         raise AudioError(f"{path}: {frames / sr / 3600:.1f} h long, over the limit of {max_seconds / 3600:g} h")
-    if frames / sr <= max(STREAM_SECONDS, cfg.pad_seconds, 2 * cfg.patch_seconds):
+    if frames / sr <= _stream_threshold(cfg):
         audio, sr = load_audio(path)
         yield patches_from_audio(resample(audio, sr, cfg.sample_rate), cfg)
         return
+    yield from _stream((b for b, _ in iter_blocks(path, block_seconds)), sr, cfg)
+
+
+def _stream_threshold(cfg: FrontendConfig) -> float:
+    """Signals longer than this many seconds are cut block by block (``StreamingPatches`` needs more than
+    ``pad_seconds`` and two patches)."""
+    return max(STREAM_SECONDS, cfg.pad_seconds, 2 * cfg.patch_seconds)
+
+
+def _stream(blocks: Iterator[np.ndarray], sr: int, cfg: FrontendConfig) -> Iterator[Patches]:
+    """Mono blocks at ``sr`` -> resampled (one soxr stream) -> patches, block by block."""
     stream = StreamingPatches(cfg)
     resampler = (
         soxr.ResampleStream(sr, cfg.sample_rate, 1, dtype="float32", quality="HQ") if sr != cfg.sample_rate else None
     )
-    blocks = iter_blocks(path, block_seconds)
     block = next(blocks, None)
     while block is not None:
         nxt = next(blocks, None)
-        x = block[0] if resampler is None else resampler.resample_chunk(block[0], last=nxt is None)
+        x = block if resampler is None else resampler.resample_chunk(block, last=nxt is None)
         yield stream.push(x, last=nxt is None)
         block = nxt
 

@@ -54,7 +54,7 @@ def _download(repo_spec: str, local_files_only: bool | None) -> Path:
         RevisionNotFoundError,
     )
 
-    from . import __version__
+    from .version import __version__
 
     repo_id, _, revision = repo_spec.partition("@")
     kwargs: dict[str, Any] = dict(revision=revision or None, library_name="coala-embed", library_version=__version__)
@@ -145,7 +145,7 @@ def load_model(
         CheckpointError: missing or corrupt files, wrong keys or shapes, sha256 mismatch.
         NoPretrainedWeightsError: no argument was given and the bundled checkpoint is not a trained one.
     """
-    from .api import resolve_device
+    from .device import resolve_device
 
     folder = resolve_weights(weights, local_files_only=local_files_only)
     explicit = weights is not None or bool(os.environ.get(ENV_WEIGHTS))

@@ -9,7 +9,7 @@ import torch
 from conftest import SR, noise, sine
 
 from coala_embed import AudioError, DeviceError, embed_file, embed_files, get_embedding
-from coala_embed.api import resolve_device
+from coala_embed.device import resolve_device
 
 
 def test_clip_embedding(model):
