@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -16,8 +18,32 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", "
 BLOCK_SECONDS = 60.0
 
 
+def missing_reason(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be opened at all, in words (no such file, broken link, link loop, a folder, no
+    permission), or None when it can be."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        if p.is_symlink():
+            return f"broken link (it points to {os.readlink(p)}, which does not exist)"
+        return "no such file"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "link loop (the symbolic links point at each other)"
+        return e.strerror or type(e).__name__
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    if not os.access(p, os.R_OK):
+        return "permission denied"
+    return None
+
+
 def _open(path: str | os.PathLike) -> sf.SoundFile:
     """Open ``path`` for reading, checking that it is audio with at least one channel."""
+    reason = missing_reason(path)
+    if reason is not None:
+        raise AudioError(f"{path}: {reason}")
     try:
         f = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
@@ -106,25 +132,31 @@ def iter_blocks(path: str | os.PathLike, block_seconds: float = BLOCK_SECONDS) -
 
 
 def find_audio(
-    inputs: Iterable[str | os.PathLike], extensions: Iterable[str] = AUDIO_EXTENSIONS, recursive: bool = True
+    inputs: Iterable[str | os.PathLike],
+    extensions: Iterable[str] = AUDIO_EXTENSIONS,
+    recursive: bool = True,
+    follow_links: bool = False,
 ) -> list[Path]:
     """Files named in ``inputs`` plus the audio files inside the folders named there.
 
-    Folders are searched recursively (symlinked folders are followed once: a link back into a folder already
-    seen is skipped), files are kept whatever their extension, the result is sorted and has no duplicates.
+    Folders are searched recursively. A symlinked folder is followed only while it stays inside the input
+    folder it was found in (``follow_links=True`` follows it anywhere), and only once: a link back into a folder
+    already seen is skipped. Files are kept whatever their extension (a broken link among them is reported when
+    it is read); the result is sorted and has no duplicates.
 
     Raises:
-        AudioError: an input does not exist.
+        AudioError: an input does not exist, is a broken link or a link loop.
     """
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     found: dict[Path, None] = {}
     for item in inputs:
         p = Path(item)
         if p.is_dir():
+            top = p.resolve()
             seen: set[Path] = set()
             for root, dirs, files in os.walk(p, followlinks=True):
                 real = Path(root).resolve()
-                if real in seen:
+                if real in seen or not (follow_links or real == top or top in real.parents):
                     dirs[:] = []
                     continue
                 seen.add(real)
@@ -134,8 +166,9 @@ def find_audio(
                 for name in files:
                     if name.lower().endswith(exts):
                         found.setdefault(Path(root) / name)
-        elif p.exists():
-            found.setdefault(p)
         else:
-            raise AudioError(f"{p}: no such file or folder")
+            reason = missing_reason(p)
+            if reason is not None and reason != "permission denied":
+                raise AudioError(f"{p}: {reason.replace('no such file', 'no such file or folder')}")
+            found.setdefault(p)
     return sorted(found)

@@ -3,9 +3,12 @@ atomic outputs, resumable progress state, shards and their merge."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import json
 import os
+import queue
 import sys
 import time
 from collections import deque
@@ -16,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .api import batch_across, file_patches
+from .version import __version__
+from .api import batch_across, iter_file_patches
+from .device import resolve_precision
 from .errors import AudioError, CoalaEmbedError
 from .frontend import Patches
 from .model import CoalaModel
 
 STATE_SUFFIX = ".partial"
+FORMATS = ("npy", "npz")
 
 
 @dataclass
@@ -34,7 +39,7 @@ class Options:
     batch_size: int = 64
     workers: int = 2
     max_hours: float = 24.0  # longer files are reported as failures
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | auto (device.resolve_precision; the manifest records what ran)
 
 
 def default_workers(device_type: str, cores: int | None = None) -> int:
@@ -54,6 +59,78 @@ def manifest_path(out: Path) -> Path:
 
 def state_dir(out: Path) -> Path:
     return out.with_name(out.name + STATE_SUFFIX)
+
+
+def lock_path(out: Path) -> Path:
+    return out.with_name(f".{out.name}.lock")
+
+
+def check_output(out: Path, fmt: str | None = None) -> str:
+    """Validate an output path before any audio is decoded; return its format (fixed by the extension).
+
+    Raises CoalaEmbedError naming the problem: an unknown extension, a ``fmt`` that contradicts it, a folder in
+    the way, a parent folder that cannot be created or written.
+    """
+    ext = out.suffix.lower().lstrip(".")
+    if ext not in FORMATS:
+        raise CoalaEmbedError(f"{out}: the output must end in .npy or .npz (the extension sets the format)")
+    if fmt is not None and fmt != ext:
+        raise CoalaEmbedError(f"{out}: --format {fmt} contradicts the extension .{ext}; name the output *.{fmt}")
+    if out.is_dir():
+        raise CoalaEmbedError(f"{out} is a folder; give a file name such as {out / ('feats.' + ext)}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CoalaEmbedError(f"cannot create the output folder {out.parent}: {e.strerror or e}") from e
+    probe = out.with_name(f".{out.name}.{os.getpid()}.probe")
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise CoalaEmbedError(f"cannot write to the output folder {out.parent}: {e.strerror or e}") from e
+    return ext
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one run: a second run on the same output is refused at once (CoalaEmbedError naming the
+    process that holds it), never resumed, overwritten or removed under the first.
+
+    The lock is an ``flock`` on ``.OUT.lock`` beside the output, so the kernel releases it when its process dies
+    (kill -9 included): a stale lock never blocks ``--resume``. Where ``fcntl`` does not exist (Windows) runs are
+    not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = lock_path(out)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CoalaEmbedError(
+                f"{out} is being written by another coala-embed run right now (process {holder}); "
+                "wait for it to finish, or write to another file with -o"
+            ) from None
+        try:  # the previous holder may have removed the file between our open and our lock: lock the new one
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -143,11 +220,24 @@ class _State:
         self.log.close()
 
 
-def _decode(path: Path, model: CoalaModel, opts: Options) -> Patches:
-    p = file_patches(path, model.config.frontend, max_seconds=opts.max_hours * 3600)
-    if len(p.patches) == 0:
-        raise AudioError(f"{path}: gave no patches")
-    return p
+_END = object()  # a producer's last item: the file is complete
+
+
+def _produce(path: Path, model: CoalaModel, opts: Options, parts: queue.Queue) -> None:
+    """Decode one file into ``parts`` block by block (a long file never sits whole in memory): each item is a
+    Patches of consecutive patches, then ``_END``; or an AudioError naming the file, which ends the file."""
+    try:
+        n = 0
+        for p in iter_file_patches(path, model.config.frontend, max_seconds=opts.max_hours * 3600):
+            n += len(p.patches)
+            parts.put(p)
+        if n == 0:
+            raise AudioError(f"{path}: gave no patches")
+        parts.put(_END)
+    except CoalaEmbedError as e:
+        parts.put(e)
+    except (MemoryError, OSError, ValueError, RuntimeError) as e:  # anything a bad file can provoke
+        parts.put(AudioError(f"{path}: {type(e).__name__}: {e}"))
 
 
 def model_info(model: CoalaModel) -> dict:
@@ -170,9 +260,13 @@ def run(
     shard: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    fingerprint: str | None = None,
+    total_inputs: int | None = None,
 ) -> dict:
     """Embed ``paths`` into ``out`` (+ manifest); returns the manifest. ``indices`` are the files' positions
-    in the full input list (for shards). Raises CoalaEmbedError when progress exists and ``resume`` is off."""
+    in the full input list (for shards), ``fingerprint`` and ``total_inputs`` identify that list
+    (:func:`inputs_fingerprint`; what ``merge`` checks). Raises CoalaEmbedError when progress exists and
+    ``resume`` is off."""
     from tqdm import tqdm
 
     indices = list(range(len(paths))) if indices is None else indices
@@ -183,6 +277,7 @@ def run(
         "frontend": asdict(model.config.frontend),
         "options": {"fmt": opts.fmt, "frames": opts.frames},
     }
+    precision = resolve_precision(opts.precision, model.device)
     sdir = state_dir(out)
     if sdir.exists() and not resume:
         raise CoalaEmbedError(f"{sdir} holds an interrupted run: add --resume to finish it, or -f to start over")
@@ -200,57 +295,79 @@ def run(
         dynamic_ncols=True,
     )
 
-    def record(chunk: list[tuple[tuple[int, Path], Patches | Exception, np.ndarray | None]]) -> None:
+    # The frames of a file whose parts are not all embedded yet: index -> [(patches, frames), ...]
+    partial: dict[int, list[tuple[Patches, np.ndarray]]] = {}
+
+    def record(chunk: list[tuple[tuple[int, Path, bool], Patches | Exception, np.ndarray | None]]) -> None:
+        """Collect embedded parts; write each file once its last part is in (or its error)."""
         nonlocal audio_s
         results = []
-        for (i, path), p, fr in chunk:
+        for (i, path, last), p, fr in chunk:
             if isinstance(p, Patches) and fr is not None:
-                entry = {
-                    "index": i,
-                    "path": str(path),
-                    "status": "ok",
-                    "duration": round(p.duration, 4),
-                    "n_frames": len(fr),
-                }
-                times = np.stack([p.starts, p.ends], axis=1) if opts.frames else None
-                results.append((entry, fr.mean(axis=0, keepdims=True), fr if opts.frames else None, times))
-                audio_s += p.duration
+                partial.setdefault(i, []).append((p, fr))
+                if not last:
+                    continue
+                parts = partial.pop(i)
+                frames = np.concatenate([f for _, f in parts])
+                duration = parts[-1][0].duration
+                entry = {"index": i, "path": str(path), "status": "ok", "duration": round(duration, 4),
+                         "n_frames": len(frames)}  # fmt: skip
+                times = None
+                if opts.frames:
+                    times = np.stack([np.concatenate([q.starts for q, _ in parts]),
+                                      np.concatenate([q.ends for q, _ in parts])], axis=1)  # fmt: skip
+                results.append((entry, frames.mean(axis=0, keepdims=True), frames if opts.frames else None, times))
+                audio_s += duration
             else:
+                partial.pop(i, None)
                 results.append(({"index": i, "path": str(path), "status": "error", "error": str(p)}, None, None, None))
+        if not results:
+            return
         state.append(results)
-        bar.update(len(chunk))
+        bar.update(len(results))
         elapsed = max(time.time() - t0, 1e-9)
         bar.set_postfix_str(f"{audio_s / 3600:.2f} h audio, {audio_s / elapsed:.0f}x real time", refresh=False)
 
-    def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[tuple[int, Path], Patches | Exception]]:
-        """Files decoded by the pool a few ahead of the model, in input order."""
-        queue: deque = deque()
+    def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[tuple[int, Path, bool], Patches | Exception]]:
+        """The files' parts, decoded by the pool a few files ahead of the model, in input order; the key's flag
+        marks a file's last item (its final part, an empty one, or its error)."""
+        waiting: deque = deque()
         it = iter(todo)
         lookahead = max(2, 4 * opts.workers)
         while True:
-            while len(queue) < lookahead:
+            while len(waiting) < lookahead:
                 nxt = next(it, None)
                 if nxt is None:
                     break
-                queue.append((nxt[0], nxt[1], pool.submit(_decode, nxt[1], model, opts)))
-            if not queue:
+                parts: queue.Queue = queue.Queue(maxsize=4)
+                pool.submit(_produce, nxt[1], model, opts, parts)
+                waiting.append((nxt[0], nxt[1], parts))
+            if not waiting:
                 return
-            i, path, fut = queue.popleft()
-            try:
-                p: Patches | Exception = fut.result()
-            except CoalaEmbedError as e:
-                p = e
-            except (MemoryError, OSError, ValueError, RuntimeError) as e:  # anything a bad file can provoke
-                p = AudioError(f"{path}: {type(e).__name__}: {e}")
-            yield (i, path), p
+            i, path, parts = waiting.popleft()
+            last_part: Patches | None = None
+            while True:
+                item = parts.get()
+                if item is _END:
+                    assert last_part is not None  # _produce puts at least one part before _END
+                    empty = Patches(last_part.patches[:0], last_part.starts[:0], last_part.ends[:0], last_part.duration)
+                    yield (i, path, True), empty
+                    break
+                if isinstance(item, Exception):
+                    yield (i, path, True), item
+                    break
+                last_part = item
+                yield (i, path, False), item
 
     try:
         with ThreadPoolExecutor(max(1, opts.workers)) as pool:
-            for chunk in batch_across(decoded(pool), model, opts.batch_size, opts.precision):
+            for chunk in batch_across(decoded(pool), model, opts.batch_size, precision):
                 record(chunk)
     finally:
         bar.close()
-    manifest = finish(out, state, opts, model, shard=shard, seconds=time.time() - t0, n_inputs=len(paths))
+    opts = dataclasses.replace(opts, precision=precision)
+    manifest = finish(out, state, opts, model, shard=shard, seconds=time.time() - t0, n_inputs=len(paths),
+                      fingerprint=fingerprint or inputs_fingerprint(paths), total_inputs=total_inputs or len(paths))  # fmt: skip
     state.close()
     import shutil
 
@@ -258,7 +375,9 @@ def run(
     return manifest
 
 
-def finish(out: Path, state: _State, opts: Options, model: CoalaModel, *, shard, seconds, n_inputs) -> dict:
+def finish(
+    out: Path, state: _State, opts: Options, model: CoalaModel, *, shard, seconds, n_inputs, fingerprint, total_inputs
+) -> dict:
     """Write the final outputs atomically from the progress state, rows in input order."""
     order = sorted(range(len(state.entries)), key=lambda k: state.entries[k]["index"])
     rows, fr, times = state.arrays(opts.frames)
@@ -309,8 +428,11 @@ def finish(out: Path, state: _State, opts: Options, model: CoalaModel, *, shard,
         "output": out.name,
         "format": opts.fmt,
         "shard": shard,
+        "inputs_fingerprint": fingerprint,
+        "total_inputs": total_inputs,
         "model": model_info(model),
         "frontend": asdict(model.config.frontend),
+        "precision": opts.precision,
         "files": files,
         "summary": {
             "inputs": n_inputs,
@@ -324,43 +446,102 @@ def finish(out: Path, state: _State, opts: Options, model: CoalaModel, *, shard,
     return manifest
 
 
+def inputs_fingerprint(paths: list[Path]) -> str:
+    """What identifies one run's input list (all of it, before sharding): a hash of the sorted paths."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:16]
+
+
 def merge(outputs: list[Path], out: Path) -> dict:
-    """Join shard outputs (npy or npz without frames) into one matrix + manifest, rows in input order."""
-    entries: list[tuple[int, dict, int]] = []
-    mats: list[np.ndarray] = []
-    first: dict | None = None
+    """Join the shard outputs of one sharded run (``--shard K/N`` over one input list) into one output +
+    manifest, rows in input order; npz parts keep their frames.
+
+    Raises CoalaEmbedError unless the parts are every shard 1..N of the same run once each (same input list
+    fingerprint, model, front-end and format) and the output's extension is that format.
+    """
+    if not outputs:
+        raise CoalaEmbedError("merge needs at least one shard output")
+    parts = []
     for o in outputs:
-        m = json.loads(manifest_path(o).read_text())
-        first = first or m
-        if m["model"] != first["model"] or m["frontend"] != first["frontend"]:
-            raise CoalaEmbedError(f"{o} was made with another model or front-end than {outputs[0]}")
-        data = np.load(o)
-        mat = data["embeddings"] if m["format"] == "npz" else data
-        for e in m["files"]:
-            entries.append((e["index"], e, len(mats)))
-        mats.append(mat)
+        mpath = manifest_path(o)
+        if not mpath.exists():
+            raise CoalaEmbedError(f"{o}: its manifest {mpath.name} is missing")
+        m = json.loads(mpath.read_text())
+        if m.get("output") != o.name:
+            raise CoalaEmbedError(f"{mpath} describes {m.get('output')}, not {o.name}")
+        if not m.get("shard") or not m.get("inputs_fingerprint"):
+            raise CoalaEmbedError(f"{o} is not the output of a --shard K/N run; only shards are merged")
+        parts.append((o, m))
+    first = parts[0][1]
+    n = int(first["shard"].split("/")[1])
+    for o, m in parts:
+        for key in ("model", "frontend", "format", "inputs_fingerprint", "total_inputs"):
+            if m.get(key) != first.get(key):
+                raise CoalaEmbedError(f"{o} differs from {outputs[0]} in {key}: the parts are not shards of one run")
+        if int(m["shard"].split("/")[1]) != n:
+            raise CoalaEmbedError(f"{o} is shard {m['shard']}, but {outputs[0]} is one of {n}")
+    ks = sorted(int(m["shard"].split("/")[0]) for _, m in parts)
+    if ks != list(range(1, n + 1)):
+        missing = sorted(set(range(1, n + 1)) - set(ks))
+        doubled = sorted({k for k in ks if ks.count(k) > 1})
+        raise CoalaEmbedError(
+            f"a merge needs every shard 1..{n} once: "
+            + ", ".join(
+                x for x in (f"missing {missing}" if missing else "", f"given twice {doubled}" if doubled else "") if x
+            )
+        )
+    fmt = first["format"]
+    if out.suffix.lower() != f".{fmt}":
+        raise CoalaEmbedError(f"the shards are {fmt} files; name the merged output *.{fmt}")
+    frames = fmt == "npz" and all("frame_offset" in e for _, m in parts for e in m["files"] if e["status"] == "ok")
+    entries: list[tuple[int, dict, int]] = []
+    data = []
+    for k, (o, m) in enumerate(parts):
+        loaded = np.load(o)
+        data.append(loaded)
+        entries += [(e["index"], e, k) for e in m["files"]]
     entries.sort(key=lambda x: x[0])
     if len({i for i, _, _ in entries}) != len(entries):
         raise CoalaEmbedError("the shards overlap: the same input appears in more than one of them")
-    rows, files = [], []
+    if len(entries) != first["total_inputs"]:
+        raise CoalaEmbedError(f"the shards hold {len(entries)} of the run's {first['total_inputs']} inputs")
+    dim = (data[0]["embeddings"] if fmt == "npz" else data[0]).shape[1]
+    rows, files, fsel, offsets = [], [], [], [0]
     for _, e, k in entries:
         e = dict(e)
         if e["status"] == "ok":
-            rows.append(mats[k][e["row"]])
+            mat = data[k]["embeddings"] if fmt == "npz" else data[k]
+            rows.append(mat[e["row"]])
             e["row"] = len(rows) - 1
-        e.pop("frame_offset", None)
+            if frames:
+                a = int(e["frame_offset"])
+                fsel.append((k, a, a + e["n_frames"]))
+                e["frame_offset"] = offsets[-1]
+                offsets.append(offsets[-1] + e["n_frames"])
         files.append(e)
-    emb = np.stack(rows).astype(np.float32) if rows else np.zeros((0, mats[0].shape[1]), np.float32)
+    emb = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    paths = np.array([e["path"] for e in files if e["status"] == "ok"])
 
     def write(p: Path) -> None:
         with open(p, "wb") as fh:
-            np.save(fh, emb)
+            if fmt == "npy":
+                np.save(fh, emb)
+                return
+            arrays: dict[str, np.ndarray] = {"embeddings": emb, "paths": paths}
+            if frames:
+                arrays["frames"] = np.concatenate(
+                    [data[k]["frames"][a:b] for k, a, b in fsel] or [np.zeros((0, dim), np.float32)]
+                )
+                arrays["frame_times"] = np.concatenate(
+                    [data[k]["frame_times"][a:b] for k, a, b in fsel] or [np.zeros((0, 2))]
+                )
+                arrays["frame_offsets"] = np.asarray(offsets, np.int64)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
 
     atomic_write(out, write)
     failed = sum(e["status"] != "ok" for e in files)
-    if first is None:
-        raise CoalaEmbedError("merge needs at least one shard output")
-    manifest = dict(first, output=out.name, format="npy", shard=None, files=files)
+    manifest = dict(first, output=out.name, shard=None, files=files)
     manifest["summary"] = {
         "inputs": len(files),
         "ok": len(files) - failed,

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-from . import __version__
+from .version import __version__
 from .errors import CoalaEmbedError
 
-EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE = 0, 1, 2
+# Exit status: 0 all done; 1 some input files failed (the others are done); 2 usage error (click's own);
+# 3 the run itself failed while writing (disk full, output removed): nothing half-written is left as the output.
+EXIT_FAILED_FILES, EXIT_RUN_FAILED = 1, 3
 
 
 class _DefaultGroup(click.Group):
@@ -34,6 +38,7 @@ def main() -> None:
       coala-embed merge -o all.npy shard1.npy shard2.npy
       coala-embed tags dog.wav                       zero-shot tags of a sound
       coala-embed search feats.npy "animal growl"    rank embedded files by words
+      coala-embed vocab                              the words tags and search know
       coala-embed convert --audio-encoder a.pt ...   the authors' checkpoints to safetensors
 
     Run `coala-embed embed --help` for all options of the default command.
@@ -80,7 +85,7 @@ def _freeze_startup_objects() -> None:
 
 
 def _load(weights: str | None, device: str):
-    from .api import resolve_device
+    from .device import resolve_device
     from .hub import load_model
 
     try:
@@ -89,9 +94,37 @@ def _load(weights: str | None, device: str):
         raise click.UsageError(str(e)) from e
 
 
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold the output for the whole command (batch.output_lock); a second run on it is a usage error."""
+    from .batch import output_lock
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(output_lock(out))
+        except CoalaEmbedError as e:
+            raise click.UsageError(str(e)) from e
+        yield
+
+
 def _check_out(out: Path, force: bool, resume: bool) -> None:
+    """Refuse to overwrite without ``-f``, and refuse even with it to take over another output's manifest
+    (``feats.npy`` and ``feats.npz`` would share ``feats.manifest.json``)."""
+    import json
+
     from .batch import manifest_path, state_dir
 
+    manifest = manifest_path(out)
+    if manifest.exists():
+        try:
+            owner = json.loads(manifest.read_text()).get("output")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner and owner != out.name and out.with_name(owner).exists():
+            raise click.UsageError(
+                f"{manifest} belongs to {out.with_name(owner)}; write to another name (each output needs its own "
+                "manifest), or remove that output first"
+            )
     if force:
         import shutil
 
@@ -105,7 +138,7 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 
 
 @main.command("embed")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Output file (.npy or .npz)."
 )
@@ -114,7 +147,7 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
     "fmt",
     type=click.Choice(["npy", "npz"]),
     default=None,
-    help="Output format [default: from the output's extension, else npy].",
+    help="Output format; must agree with the output's extension, which sets it [default: from the extension].",
 )
 @click.option(
     "--frames", is_flag=True, help="Also store patch embeddings with their times and per-file offsets (npz only)."
@@ -126,6 +159,11 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
     help="Only files with this extension inside folders (repeatable, e.g. --ext wav --ext flac) [default: all audio types].",
 )
 @click.option("--no-recursive", is_flag=True, help="Do not descend into subfolders.")
+@click.option(
+    "--follow-links",
+    is_flag=True,
+    help="Follow symlinked folders that lead outside the input folder [default: only those inside it].",
+)
 @click.option(
     "--weights",
     default=None,
@@ -148,10 +186,12 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "bf16"]),
+    type=click.Choice(["fp32", "bf16", "auto"]),
     default="fp32",
     show_default=True,
-    help="bf16: faster on AVX-512-BF16 CPUs and GPUs, within the tolerance stated in the README.",
+    help="bf16: faster on GPUs and CPUs with AVX-512 BF16 or AMX, within the tolerance stated in the README; on "
+    "other CPUs it would be several times slower, so fp32 runs there (with a warning). auto: bf16 where native. "
+    "The manifest records the precision that ran.",
 )
 @click.option(
     "--fast-frontend",
@@ -168,7 +208,7 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs and discard interrupted progress.")
 @click.option("--max-hours", default=24.0, show_default=True, help="Files longer than this are reported as failures.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
-def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, batch_size, workers, precision, fast_frontend, shard, resume, force, max_hours, quiet) -> None:  # fmt: skip
+def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, precision, fast_frontend, shard, resume, force, max_hours, quiet) -> None:  # fmt: skip
     """Embed INPUTS (files and folders) into one matrix with a manifest.
 
     Writes OUTPUT ([N, 1152] float32 rows, one per file that worked, in sorted path order) and, beside
@@ -180,13 +220,20 @@ def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, bat
     Exit status:
       0  every file was embedded
       1  some files failed (listed on stderr and in the manifest); the others were embedded
-      2  usage error (bad option, output exists without -f, unknown device or weights)
+      2  usage error (bad option or output path, output exists without -f, another run writing it,
+         unknown device or weights)
+      3  the run failed while writing its output (e.g. disk full); rerun with --resume
+    \b
+    Example:
+      coala-embed recordings/ -o feats.npy        # then: numpy.load("feats.npy"), feats.manifest.json
     """
     from . import batch
-    from .audio_io import AUDIO_EXTENSIONS, find_audio
 
     _tune_malloc()
-    fmt = fmt or ("npz" if out.suffix == ".npz" else "npy")
+    try:
+        fmt = batch.check_output(out, fmt)
+    except CoalaEmbedError as e:
+        raise click.UsageError(str(e)) from e
     if frames and fmt != "npz":
         raise click.UsageError("--frames needs --format npz (one file holds clips, frames and times)")
     k = n = None
@@ -196,18 +243,28 @@ def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, bat
             assert 1 <= k <= n
         except (ValueError, AssertionError):
             raise click.UsageError(f"--shard must be K/N with 1 <= K <= N, got {shard!r}") from None
+    with _locked(out):
+        _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers,
+                      precision, fast_frontend, shard, k, n, resume, force, max_hours, quiet)  # fmt: skip
+
+
+def _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, precision, fast_frontend, shard, k, n, resume, force, max_hours, quiet) -> None:  # fmt: skip
+    """The embed command once the output is held (cli.embed_cmd took its lock)."""
+    from .audio_io import AUDIO_EXTENSIONS, find_audio
+
     _check_out(out, force, resume)
     try:
-        paths = find_audio(inputs, exts or AUDIO_EXTENSIONS, recursive=not no_recursive)
+        paths = find_audio(inputs, exts or AUDIO_EXTENSIONS, recursive=not no_recursive, follow_links=follow_links)
     except CoalaEmbedError as e:
         raise click.UsageError(str(e)) from e
+    if not paths:
+        raise click.UsageError("no audio files found in the inputs (check --ext)")
+    fingerprint, total = batch.inputs_fingerprint(paths), len(paths)
     indices = list(range(len(paths)))
-    if shard:
+    if shard:  # a shard may be empty (more shards than files): it still writes a valid, empty part for merge
         assert k is not None and n is not None  # parsed above
         indices = indices[k - 1 :: n]
         paths = [paths[i] for i in indices]
-    if not paths:
-        raise click.UsageError("no audio files found in the inputs (check --ext)")
     model = _load(weights, device)
     _freeze_startup_objects()
     if fast_frontend:
@@ -217,11 +274,15 @@ def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, weights, device, bat
     opts = batch.Options(
         fmt=fmt, frames=frames, batch_size=batch_size, workers=workers, max_hours=max_hours, precision=precision
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        manifest = batch.run(paths, out, model, opts, indices=indices, shard=shard, resume=resume, progress=not quiet)
+        manifest = batch.run(paths, out, model, opts, indices=indices, shard=shard, resume=resume, progress=not quiet,
+                             fingerprint=fingerprint, total_inputs=total)  # fmt: skip
     except CoalaEmbedError as e:
         raise click.UsageError(str(e)) from e
+    except OSError as e:
+        click.echo(f"error: writing {out} failed: {e}; progress is kept in {batch.state_dir(out)}, rerun with "
+                   "--resume once the cause is fixed", err=True)  # fmt: skip
+        sys.exit(EXIT_RUN_FAILED)
     _report(manifest, out)
 
 
@@ -246,21 +307,37 @@ def _report(manifest: dict, out: Path) -> None:
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Merged .npy file.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
 def merge_cmd(shards, out, force) -> None:
-    """Join shard outputs (from --shard K/N runs) into one matrix and manifest, rows in input order."""
+    """Join the shard outputs of one sharded run into one output and manifest, rows in input order.
+
+    \b
+    The parts must be every shard 1..N of one run (--shard K/N over the same inputs, model and format),
+    each once; npz parts keep their frames. Example:
+      coala-embed audio/ -o part1.npz --shard 1/2 && coala-embed audio/ -o part2.npz --shard 2/2
+      coala-embed merge -o all.npz part1.npz part2.npz
+    """
     from . import batch
 
-    _check_out(out, force, False)
     try:
-        manifest = batch.merge(list(shards), out)
-    except (CoalaEmbedError, OSError, KeyError, ValueError) as e:
-        raise click.UsageError(f"cannot merge: {e}") from e
+        batch.check_output(out)
+    except CoalaEmbedError as e:
+        raise click.UsageError(str(e)) from e
+    with _locked(out):
+        _check_out(out, force, False)
+        try:
+            manifest = batch.merge(list(shards), out)
+        except (CoalaEmbedError, OSError, KeyError, ValueError) as e:
+            raise click.UsageError(f"cannot merge: {e}") from e
     _report(manifest, out)
 
 
 @main.command("tags")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Tags per file.")
-@click.option("--weights", default=None, help="Checkpoint folder or Hub repo id [default: bundled].")
+@click.option(
+    "--weights",
+    default=None,
+    help="Checkpoint folder or Hub repo id [default: $COALA_EMBED_WEIGHTS, then the bundled model].",
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option(
@@ -272,7 +349,13 @@ def merge_cmd(shards, out, force) -> None:
     "sound and each single tag (-1-1); auto: neighbours when the checkpoint holds tag sets.",
 )
 def tags_cmd(files, top_k, weights, device, as_json, method) -> None:
-    """Tags of FILES from COALA's co-aligned audio-tag space (see --method)."""
+    """Print the tags that best describe each of FILES, from COALA's co-aligned audio-tag space.
+
+    \b
+    Output: one line per file, "FILE: tag (score), ..." (or JSON with --json); words come from the
+    checkpoint's vocabulary (`coala-embed vocab` lists it). Example:
+      coala-embed tags examples/drum_heavy_kick.flac -k 5
+    """
     import json
 
     from .audio_io import load_audio
@@ -300,11 +383,19 @@ def tags_cmd(files, top_k, weights, device, as_json, method) -> None:
 @click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("query")
 @click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Results to show.")
-@click.option("--weights", default=None, help="The checkpoint that made FEATURES [default: bundled].")
+@click.option(
+    "--weights",
+    default=None,
+    help="The checkpoint that made FEATURES [default: $COALA_EMBED_WEIGHTS, then the bundled model].",
+)
 @click.option("--device", default="auto", show_default=True)
 def search_cmd(features, query, top_k, weights, device) -> None:
     """Rank the files embedded in FEATURES (a .npy/.npz from `coala-embed`, with its manifest) by QUERY,
-    words of the tag vocabulary, e.g. "animal growl"."""
+    words of the tag vocabulary (`coala-embed vocab` lists them).
+
+    \b
+    Output: one line per hit, "SCORE  FILE", best first. Example:
+      coala-embed examples/ -o feats.npy && coala-embed search feats.npy "drum hit" -k 3"""
     import json
 
     import numpy as np
@@ -312,20 +403,49 @@ def search_cmd(features, query, top_k, weights, device) -> None:
     from .batch import manifest_path
     from .tags import search
 
-    model = _load(weights, device)
-    data = np.load(features)
-    emb = data["embeddings"] if features.suffix == ".npz" else data
+    try:
+        data = np.load(features, allow_pickle=False)
+        emb = data["embeddings"] if isinstance(data, np.lib.npyio.NpzFile) else data
+        if emb.ndim != 2:
+            raise ValueError(f"holds an array of shape {emb.shape}, not [files, dim]")
+    except (OSError, ValueError, KeyError) as e:
+        raise click.UsageError(f"{features} is not a .npy/.npz output of coala-embed ({e})") from e
     paths = {}
-    if manifest_path(features).exists():
-        paths = {
-            f["row"]: f["path"] for f in json.loads(manifest_path(features).read_text())["files"] if f["status"] == "ok"
-        }
+    mpath = manifest_path(features)
+    if mpath.exists():
+        m = json.loads(mpath.read_text())
+        if m.get("output") != features.name:
+            raise click.UsageError(
+                f"{mpath} describes {m.get('output')}, not {features.name}; its names would be wrong"
+            )
+        paths = {f["row"]: f["path"] for f in m["files"] if f["status"] == "ok"}
+    model = _load(weights, device)
     try:
         hits = search(query, emb, model=model, top_k=top_k)
     except CoalaEmbedError as e:
         raise click.UsageError(str(e)) from e
     for row, score in hits:
         click.echo(f"{score:.3f}  {paths.get(row, f'row {row}')}")
+
+
+@main.command("vocab")
+@click.option(
+    "--weights",
+    default=None,
+    help="Checkpoint folder or Hub repo id [default: $COALA_EMBED_WEIGHTS, then the bundled model].",
+)
+def vocab_cmd(weights) -> None:
+    """List the tag vocabulary of the checkpoint: the words `tags` can print and `search` understands.
+
+    \b
+    Output: one word per line, most frequent in the training corpus first. Example:
+      coala-embed vocab | grep -x dog || echo "not in the vocabulary"
+    """
+    model = _load(weights, "cpu")
+    if not model.config.tags:
+        raise click.UsageError("this checkpoint has no tag vocabulary (it was saved without its tag encoder)")
+    for word in model.config.tags:
+        click.echo(word)
 
 
 @main.command("convert")
@@ -361,7 +481,12 @@ def search_cmd(features, query, top_k, weights, device) -> None:
 )
 def convert_cmd(audio_encoder, tag_encoder, scaler, vocabulary, out) -> None:
     """Convert the COALA authors' checkpoints into a coala-embed folder (safetensors; old files are read
-    with torch.load(weights_only=True) only)."""
+    with torch.load(weights_only=True) only).
+
+    \b
+    Output: OUTPUT/config.json and OUTPUT/model.safetensors, usable with --weights OUTPUT. Example:
+      coala-embed convert --audio-encoder audio_encoder_epoch_200.pt --scaler scaler_top_1000_params.json -o orig/
+    """
     from .convert import convert_original
 
     try:

@@ -15,6 +15,8 @@ from .errors import CheckpointError
 
 # The original's constants (SPEC.md section 1). One place, so that training and inference cannot drift.
 SAMPLE_RATE = 22_000  # Hz; not 22 050
+# Input sample rates accepted by the API: below 1 kHz there is no audio to speak of in the 0-11 kHz mel bands
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 1_000_000
 N_FFT = 1024
 HOP_LENGTH = 512
 N_MELS = 96

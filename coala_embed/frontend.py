@@ -10,7 +10,7 @@ import numpy as np
 import soxr
 import torch
 
-from .config import FrontendConfig
+from .config import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, FrontendConfig
 from .errors import AudioError
 
 
@@ -44,10 +44,13 @@ def to_mono(audio: np.ndarray | torch.Tensor, name: str = "audio") -> np.ndarray
         AudioError: not 1-D or 2-D, empty, zero channels, or holding NaN or Inf.
     """
     if isinstance(audio, torch.Tensor):
-        audio = audio.detach().to("cpu", torch.float32).numpy()
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.is_floating_point() else audio).numpy()
     audio = np.asarray(audio)
     if audio.dtype.kind not in "fiu":
         raise AudioError(f"{name}: audio must be numeric, got dtype {audio.dtype}")
+    if audio.dtype.kind in "iu":  # PCM integers: scaled by their type's range to [-1, 1), as soundfile reads them
+        audio = pcm_to_float(audio)
     if audio.ndim == 2:
         if 0 in audio.shape:
             raise AudioError(f"{name}: audio is empty (shape {audio.shape}, zero channels or samples)")
@@ -63,14 +66,30 @@ def to_mono(audio: np.ndarray | torch.Tensor, name: str = "audio") -> np.ndarray
     return audio
 
 
+def pcm_to_float(audio: np.ndarray) -> np.ndarray:
+    """Integer PCM samples -> float32 in [-1, 1): signed types divided by 2**(bits-1), unsigned ones (8-bit WAV)
+    centred first; what soundfile returns for the same samples read from a file."""
+    info = np.iinfo(audio.dtype)
+    scale = np.float32(2.0 ** (info.bits - 1))
+    if info.min == 0:
+        return (audio.astype(np.float32) - scale) / scale
+    return audio.astype(np.float32) / scale
+
+
 def check_sample_rate(sr: float, name: str = "audio") -> int:
-    """Return ``sr`` as an int, or raise AudioError when it is not a positive number."""
+    """Return ``sr`` as an int, or raise AudioError when it is not an integer between ``MIN_SAMPLE_RATE`` and
+    ``MAX_SAMPLE_RATE`` Hz (a rate of 1 Hz would make a 3-second clip hours long at 22 kHz)."""
     try:
-        ok = sr > 0 and math.isfinite(sr) and int(sr) == sr
+        ok = not isinstance(sr, bool) and math.isfinite(sr) and int(sr) == sr
     except TypeError:
         ok = False
     if not ok:
-        raise AudioError(f"{name}: sample rate must be a positive integer, got {sr!r}")
+        raise AudioError(f"{name}: sample rate must be an integer number of Hz, got {sr!r}")
+    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{name}: sample rate {sr!r} Hz is outside {MIN_SAMPLE_RATE:,}-{MAX_SAMPLE_RATE:,} Hz; pass the rate "
+            "the audio was recorded at, e.g. get_embedding(audio, 44100)"
+        )
     return int(sr)
 
 

@@ -51,6 +51,25 @@ def test_rows_equal_the_api(audio_dir, weights_dir, tmp_path, model):
         np.testing.assert_allclose(np.load(out)[f["row"]], embed_file(f["path"], model=model).clip, atol=1e-5)
 
 
+def test_a_long_file_streamed_through_the_cli_equals_the_api(weights_dir, tmp_path, model):
+    from coala_embed import embed_file
+    from coala_embed.api import STREAM_SECONDS
+
+    sf.write(tmp_path / "long.flac", noise(STREAM_SECONDS + 75, sr=16_000), 16_000)  # three 60-s blocks
+    sf.write(tmp_path / "short.wav", noise(3.0), 22_000)
+    out = tmp_path / "f.npz"
+    r = run(tmp_path / "long.flac", tmp_path / "short.wav", "-o", out, "--weights", weights_dir, "-q", "--frames",
+            "--batch-size", "7")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    z = np.load(out)
+    ref = embed_file(tmp_path / "long.flac", model=model)
+    a, b = z["frame_offsets"][0], z["frame_offsets"][1]
+    np.testing.assert_allclose(z["frames"][a:b], ref.frames, atol=1e-5)
+    np.testing.assert_array_equal(z["frame_times"][a:b], np.stack([ref.starts, ref.ends], axis=1))
+    np.testing.assert_allclose(z["embeddings"][0], ref.clip, atol=1e-5)
+    assert manifest(out)["files"][0]["n_frames"] == len(ref.frames) > 80 and np.abs(ref.frames).sum() > 0
+
+
 def test_bad_files_do_not_stop_the_run(audio_dir, weights_dir, tmp_path):
     (audio_dir / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage")
     (audio_dir / "text.flac").write_text("not audio")
@@ -150,6 +169,52 @@ def test_shards_merge_to_the_unsharded_result(audio_dir, weights_dir, tmp_path):
     assert strip(manifest(merged)) == strip(manifest(full))
 
 
+def test_merges_that_would_lie_are_refused(audio_dir, weights_dir, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    sf.write(other / "x.wav", noise(2.0), 22_000)
+    parts = {}
+    for name, folder, k in (("a1", audio_dir, 1), ("a2", audio_dir, 2), ("b2", other, 2)):
+        parts[name] = tmp_path / f"{name}.npz"
+        r = run(folder, "-o", parts[name], "--weights", weights_dir, "-q", "--shard", f"{k}/2", "--frames")
+        assert r.exit_code == 0, r.output
+    cases = [
+        ([parts["a1"]], "missing [2]"),
+        ([parts["a1"], parts["a1"]], "given twice [1]"),
+        ([parts["a1"], parts["b2"]], "not shards of one run"),
+    ]
+    for given, message in cases:
+        r = run("merge", "-o", tmp_path / "m.npz", *given)
+        assert r.exit_code == 2 and message in r.output, (given, r.output)
+        assert not (tmp_path / "m.npz").exists()
+    r = run("merge", "-o", tmp_path / "m.npy", parts["a1"], parts["a2"])
+    assert r.exit_code == 2 and "name the merged output *.npz" in r.output
+    full = tmp_path / "full.npz"
+    run(audio_dir, "-o", full, "--weights", weights_dir, "-q", "--frames")
+    r = run("merge", "-o", tmp_path / "m.npz", parts["a1"], parts["a2"])
+    assert r.exit_code == 0, r.output
+    a, b = np.load(tmp_path / "m.npz"), np.load(full)
+    for key in ("embeddings", "frames", "frame_times", "frame_offsets", "paths"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    # an unsharded output is not a part
+    r = run("merge", "-o", tmp_path / "m2.npz", full)
+    assert r.exit_code == 2 and "not the output of a --shard" in r.output
+
+
+def test_an_empty_shard_writes_a_valid_empty_part(audio_dir, weights_dir, tmp_path):
+    parts = []
+    for k in range(1, 9):  # 8 shards of 6 files: two are empty
+        parts.append(tmp_path / f"p{k}.npy")
+        r = run(audio_dir, "-o", parts[-1], "--weights", weights_dir, "-q", "--shard", f"{k}/8")
+        assert r.exit_code == 0, r.output
+    assert np.load(parts[-1]).shape == (0, 1152) and manifest(parts[-1])["files"] == []
+    full = tmp_path / "full.npy"
+    run(audio_dir, "-o", full, "--weights", weights_dir, "-q")
+    r = run("merge", "-o", tmp_path / "m.npy", *parts)
+    assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), np.load(full))
+
+
 def _cli(*args):
     return [sys.executable, "-m", "coala_embed", *map(str, args)]
 
@@ -197,6 +262,79 @@ def test_resume_after_kill_9(tmp_path, weights_dir):
     assert [f["path"] for f in a["files"]] == [f["path"] for f in b["files"]]
     assert [f["status"] for f in a["files"]] == [f["status"] for f in b["files"]]
     assert not (tmp_path / "out.npy.partial").exists()
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_live_output_is_refused_and_the_first_is_unharmed(tmp_path, weights_dir):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(30):
+        sf.write(folder / f"f{i:02d}.wav", noise(4.0, seed=i), 22_000)
+    ref = tmp_path / "ref.npy"
+    assert subprocess.run(_cli(folder, "-o", ref, "--weights", weights_dir, "-q"), check=False).returncode == 0
+    out = tmp_path / "out.npy"
+    log = tmp_path / "out.npy.partial" / "log.jsonl"
+    first = subprocess.Popen(
+        _cli(folder, "-o", out, "--weights", weights_dir, "-q", "--batch-size", "1", "--workers", "1")
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and log.read_bytes().count(b"\n") >= 2):
+        time.sleep(0.005)
+    # held still (SIGSTOP) while the second runs try, so that it is certainly live, then let go
+    first.send_signal(signal.SIGSTOP)
+    assert first.poll() is None, "the first run ended before the second could start; give it more work"
+    # what the old message advised (--resume), and -f, while the first run is live: all refused at once
+    for extra in (["--resume"], ["-f"], []):
+        second = subprocess.run(_cli(folder, "-o", out, "--weights", weights_dir, "-q", *extra), capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"process {first.pid}" in second.stderr and "being written by another" in second.stderr
+        assert "--resume" not in second.stderr
+    first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0
+    np.testing.assert_array_equal(np.load(out), np.load(ref))
+    assert [f["path"] for f in manifest(out)["files"]] == [f["path"] for f in manifest(ref)["files"]]
+    assert not (tmp_path / ".out.npy.lock").exists()
+
+
+def test_a_stale_lock_of_a_killed_run_does_not_block(tmp_path, weights_dir, audio_dir):
+    # a lock file without a live holder (what kill -9 leaves): flock is free, the run goes on
+    (tmp_path / ".o.npy.lock").write_text("999999\n")
+    r = run(audio_dir, "-o", tmp_path / "o.npy", "--weights", weights_dir, "-q")
+    assert r.exit_code == 0, r.output
+
+
+def test_the_output_path_is_checked_before_any_audio_is_decoded(tmp_path, weights_dir, audio_dir, monkeypatch):
+    import coala_embed.batch as batch_mod
+
+    def no_decoding(*a, **k):
+        raise AssertionError("audio was decoded before the output path was checked")
+
+    monkeypatch.setattr(batch_mod, "_produce", no_decoding)
+    cases = {
+        "feats.txt": "must end in .npy or .npz",
+        "feats.npy --format npz": "contradicts the extension",
+    }
+    for spec, message in cases.items():
+        name, *extra = spec.split()
+        r = run(audio_dir, "-o", tmp_path / name, "--weights", weights_dir, "-q", *extra)
+        assert r.exit_code == 2 and message in r.output, (spec, r.output)
+    (tmp_path / "adir.npy").mkdir()
+    r = run(audio_dir, "-o", tmp_path / "adir.npy", "--weights", weights_dir, "-q", "-f")
+    assert r.exit_code == 2 and "is a folder" in r.output
+    r = run(audio_dir, "-o", "/proc/x.npy", "--weights", weights_dir, "-q")
+    assert r.exit_code == 2 and "cannot write to the output folder /proc" in r.output
+    (tmp_path / "afile").write_text("")
+    r = run(audio_dir, "-o", tmp_path / "afile" / "x.npy", "--weights", weights_dir, "-q")
+    assert r.exit_code == 2 and "cannot create the output folder" in r.output
+
+
+def test_two_outputs_never_share_a_manifest(tmp_path, weights_dir, audio_dir):
+    a = tmp_path / "s.npy"
+    assert run(audio_dir, "-o", a, "--weights", weights_dir, "-q").exit_code == 0
+    r = run(audio_dir, "-o", tmp_path / "s.npz", "--weights", weights_dir, "-q", "-f")
+    assert r.exit_code == 2 and "belongs to" in r.output and "s.npy" in r.output
+    assert manifest(a)["output"] == "s.npy"
 
 
 def test_interrupted_run_needs_resume_or_force(tmp_path, weights_dir, audio_dir):

@@ -206,3 +206,12 @@ def test_converter_refuses_pickled_objects(tmp_path):
     torch.save({"audio_encoder.0.weight": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="weights_only"):
         convert_original(tmp_path / "evil.pt", SHARED / "coala" / "scaler_top_1000_params.json", tmp_path / "out")
+
+
+def test_cli_vocab_lists_the_checkpoints_words(weights_dir):
+    from click.testing import CliRunner
+
+    from coala_embed.cli import main
+
+    r = CliRunner().invoke(main, ["vocab", "--weights", str(weights_dir)])
+    assert r.exit_code == 0 and r.output.split() == [f"tag{i}" for i in range(8)]

@@ -1,0 +1,250 @@
+"""Bad input and faults, as a table: each case gives a clear, typed error (API) or a manifest entry with exit
+status 1 (CLI) while every other file is still embedded, or a usage error (exit 2) before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import wave
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+from conftest import noise, sine
+
+from coala_embed import AudioError, get_embedding
+from coala_embed.cli import main
+
+SR = 22_000
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# ------------------------------------------------------------------------------------------------ the API
+API_ERRORS = {
+    "empty array": (np.zeros(0, np.float32), SR, "empty"),
+    "zero channels": (np.zeros((0, 100), np.float32), SR, "empty"),
+    "NaN": (np.array([0.0, np.nan] * 100, np.float32), SR, "NaN or Inf"),
+    "Inf": (np.array([0.0, np.inf] * 100, np.float32), SR, "NaN or Inf"),
+    "3-D array": (np.zeros((2, 2, 100), np.float32), SR, "1-D or 2-D"),
+    "strings": (np.array(["a", "b"]), SR, "numeric"),
+    "sample rate 0": (noise(1.0), 0, "outside 1,000-1,000,000 Hz"),
+    "negative sample rate": (noise(1.0), -22_000, "outside"),
+    "non-integer sample rate": (noise(1.0), 22_050.5, "integer number of Hz"),
+    "sample rate True": (noise(1.0), True, "integer number of Hz"),
+    "sample rate 1 (would be hours at 22 kHz)": (noise(1.0), 1, "outside 1,000"),
+    "1 sample at 44.1 kHz": (np.ones(1, np.float32), 44_100, "too short to resample"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_ERRORS))
+def test_api_refuses_with_a_typed_error_naming_the_problem(model, case):
+    audio, sr, match = API_ERRORS[case]
+    with pytest.raises(AudioError, match=match):
+        get_embedding(audio, sr, model=model)
+
+
+@pytest.mark.parametrize(
+    "dtype, scale, offset", [(np.int16, 2**15, 0), (np.int32, 2**31, 0), (np.uint8, 2**7, 2**7), (np.int8, 2**7, 0)]
+)
+def test_integer_arrays_are_scaled_by_their_type_range(model, dtype, scale, offset):
+    x = sine(440, 3.0, SR, amp=0.5)
+    pcm = (np.round(x * (scale - 1)) + offset).astype(dtype)
+    ref = get_embedding(x, SR, model=model)
+    for a in (pcm, torch.from_numpy(pcm.astype(np.int64) if dtype == np.uint8 else pcm)):
+        if isinstance(a, torch.Tensor) and dtype == np.uint8:
+            continue  # torch has uint8 but int64 would lose the type's range: numpy covers it
+        assert _cos(get_embedding(a, SR, model=model), ref) > 0.999
+
+
+def test_a_pcm16_file_and_its_int16_array_give_the_same_vector(model, tmp_path):
+    from coala_embed import embed_file
+
+    x = (np.round(sine(330, 3.0, SR) * 32767)).astype(np.int16)
+    sf.write(tmp_path / "p.wav", x, SR, subtype="PCM_16")
+    np.testing.assert_allclose(get_embedding(x, SR, model=model), embed_file(tmp_path / "p.wav", model=model).clip,
+                               atol=1e-5)  # fmt: skip
+
+
+def test_float64_and_both_2d_orientations_agree(model):
+    x = noise(3.0)
+    ref = get_embedding(x, SR, model=model)
+    np.testing.assert_allclose(get_embedding(x.astype(np.float64), SR, model=model), ref, atol=1e-5)
+    stereo = np.stack([x, x])
+    np.testing.assert_allclose(get_embedding(stereo, SR, model=model), ref, atol=1e-5)
+    np.testing.assert_allclose(get_embedding(stereo.T, SR, model=model), ref, atol=1e-5)
+
+
+def test_one_sample_at_the_model_rate_is_a_finite_vector(model):
+    assert np.isfinite(get_embedding(np.ones(1, np.float32), SR, model=model)).all()
+
+
+def test_a_long_array_is_embedded_block_by_block_with_the_same_result(model):
+    from coala_embed.api import embed_patches
+    from coala_embed.frontend import prepare
+
+    x = noise(200.0, sr=16_000)  # longer than api.STREAM_SECONDS: the streamed path
+    frames, times = get_embedding(x, 16_000, model=model, frames=True)
+    p = prepare(x, 16_000, model.config.frontend)
+    np.testing.assert_array_equal(frames, embed_patches(model, p.patches))
+    np.testing.assert_array_equal(times[:, 0], p.starts)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+def _truncated_flac(path):
+    sf.write(path, noise(3.0), SR, format="FLAC")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _zero_frames_wav(path):
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SR)
+
+
+def _nan_wav(path):
+    x = noise(2.0)
+    x[100] = np.nan
+    sf.write(path, x, SR, subtype="FLOAT")
+
+
+def _broken_link(path):
+    path.symlink_to(path.parent / "nowhere.wav")
+
+
+def _link_loop(path):
+    other = path.with_name("loop_b.wav")
+    path.symlink_to(other)
+    other.symlink_to(path)
+
+
+BAD_FILES = {
+    "empty.wav": (lambda p: p.write_bytes(b""), "not readable as audio"),
+    "zero_frames.wav": (_zero_frames_wav, "no samples"),
+    "truncated.flac": (_truncated_flac, ""),  # libsndfile may read part of it: then it must be embedded
+    "random.wav": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4000)), "not readable as audio"),
+    "text.ogg": (lambda p: p.write_text("this is not a sound"), "not readable as audio"),
+    "nan.wav": (_nan_wav, "NaN or Inf"),
+    "dangling.wav": (_broken_link, "broken link"),
+    "loop_a.wav": (_link_loop, "link loop"),
+}
+
+
+@pytest.fixture()
+def messy(tmp_path):
+    folder = tmp_path / "messy folder"
+    folder.mkdir()
+    sf.write(folder / "good one.wav", noise(2.0), SR)
+    sf.write(folder / "é ü 音.flac", sine(500, 2.5, 44_100), 44_100)  # unicode and spaces in names
+    for name, (make, _) in BAD_FILES.items():
+        make(folder / name)
+    return folder
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_every_bad_file_is_named_in_the_manifest_and_the_good_ones_are_embedded(messy, weights_dir, tmp_path):
+    out = tmp_path / "new folder" / "feats.npy"  # an output folder that does not exist yet is created
+    r = _run(messy, "-o", out, "--weights", weights_dir, "-q")
+    assert r.exit_code == 1, r.output
+    files = {
+        os.path.basename(f["path"]): f for f in json.loads(out.with_name("feats.manifest.json").read_text())["files"]
+    }
+    assert files["good one.wav"]["status"] == files["é ü 音.flac"]["status"] == "ok"
+    for name, (_, reason) in BAD_FILES.items():
+        f = files[name]
+        if name == "truncated.flac" and f["status"] == "ok":
+            continue  # decoded as far as it goes
+        assert f["status"] == "error" and name in f["error"] and reason in f["error"], (name, f)
+        assert f"failed: {f['error']}" in r.output
+    x = np.load(out)
+    assert x.shape[0] == sum(f["status"] == "ok" for f in files.values()) and np.isfinite(x).all()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_file_is_named(tmp_path, weights_dir):
+    sf.write(tmp_path / "locked.wav", noise(2.0), SR)
+    sf.write(tmp_path / "ok.wav", noise(2.0), SR)
+    (tmp_path / "locked.wav").chmod(0)
+    out = tmp_path / "o" / "f.npy"
+    r = _run(tmp_path, "-o", out, "--weights", weights_dir, "-q", "--ext", "wav")
+    assert r.exit_code == 1 and "permission denied" in r.output
+
+
+USAGE_ERRORS = {
+    "a folder with no audio": (lambda t: [t / "empty_dir"], "no audio files found"),
+    "a missing path": (lambda t: [t / "missing.wav"], "no such file or folder"),
+    "a dangling link given by name": (lambda t: [t / "dangling.wav"], "broken link"),
+    "an existing output without -f": (lambda t: [t / "in.wav", "--exists"], "exists; add -f"),
+    "--device cuda without a GPU": (lambda t: [t / "in.wav", "--device", "cuda"], "no usable GPU"),
+}
+
+
+@pytest.mark.parametrize("case", list(USAGE_ERRORS))
+def test_usage_errors_exit_2_with_the_fix(case, tmp_path, weights_dir):
+    if "cuda" in case and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    (tmp_path / "empty_dir").mkdir()
+    sf.write(tmp_path / "in.wav", noise(1.0), SR)
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "gone.wav")
+    args, match = USAGE_ERRORS[case]
+    args = args(tmp_path)
+    out = tmp_path / "f.npy"
+    if "--exists" in args:
+        args.remove("--exists")
+        out.write_bytes(b"")
+    r = _run(*args, "-o", out, "--weights", weights_dir, "-q")
+    assert r.exit_code == 2 and match in r.output, r.output
+
+
+def test_a_symlinked_folder_leading_outside_the_input_is_not_followed(tmp_path, weights_dir):
+    inside, outside = tmp_path / "in", tmp_path / "elsewhere"
+    inside.mkdir()
+    outside.mkdir()
+    sf.write(inside / "a.wav", noise(1.0), SR)
+    sf.write(outside / "b.wav", noise(1.0), SR)
+    (inside / "link").symlink_to(outside, target_is_directory=True)
+    out = tmp_path / "f.npy"
+    assert _run(inside, "-o", out, "--weights", weights_dir, "-q").exit_code == 0
+    names = [os.path.basename(f["path"]) for f in json.loads((tmp_path / "f.manifest.json").read_text())["files"]]
+    assert names == ["a.wav"]
+    assert _run(inside, "-o", out, "--weights", weights_dir, "-q", "-f", "--follow-links").exit_code == 0
+    names = [os.path.basename(f["path"]) for f in json.loads((tmp_path / "f.manifest.json").read_text())["files"]]
+    assert names == ["a.wav", "b.wav"]
+
+
+def test_search_refuses_what_is_not_an_embedding_matrix(tmp_path, weights_dir):
+    (tmp_path / "notes.txt").write_text("hello")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+    for f in ("notes.txt", "obj.npy"):
+        r = _run("search", tmp_path / f, "bell", "--weights", weights_dir)
+        assert r.exit_code == 2 and "not a .npy/.npz output of coala-embed" in r.output, r.output
+
+
+def test_a_corrupted_checkpoint_is_named_by_its_sha256(weights_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "w"
+    shutil.copytree(weights_dir, bad)
+    data = bytearray((bad / "model.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(data))
+    sf.write(tmp_path / "in.wav", noise(1.0), SR)
+    r = _run(tmp_path / "in.wav", "-o", tmp_path / "f.npy", "--weights", bad, "-q")
+    assert r.exit_code == 2 and "sha256" in r.output, r.output
+
+
+def test_an_unknown_hub_id_offline_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    sf.write(tmp_path / "in.wav", noise(1.0), SR)
+    r = _run(tmp_path / "in.wav", "-o", tmp_path / "f.npy", "--weights", "nobody/no-such-model", "-q")
+    assert r.exit_code == 2 and "nobody/no-such-model" in r.output and "offline" in r.output.lower(), r.output
