@@ -56,7 +56,7 @@ def test_excluded_packages_never_reach_the_corpus(tmp_path):
     for pkg in EXCLUDED_PACKAGES:
         with pytest.raises(ValueError, match="never"):
             download([pkg], tmp_path)
-    for pkg in FORBIDDEN_PACKAGES:
+    for pkg in (*FORBIDDEN_PACKAGES, "hydrogen", "hydrogen-data", "hydrogen-drumkits-effects"):
         with pytest.raises(ValueError, match="never"):
             download([pkg], tmp_path, allow_excluded=True)
     # an extracted excluded package beside the sources is not scanned...
@@ -107,6 +107,41 @@ def test_user_manifest_builds_a_corpus(tmp_path):
     corpus2 = build(tmp_path, read_manifest(tmp_path / "mine.csv"), {}, name="mine2", min_count=3, workers=1)
     assert json.loads((corpus2 / "vocabulary.json").read_text()) == vocab
     assert np.array_equal(np.load(corpus2 / "index.npz")["val"], z["val"])
+
+
+def test_provenance_and_fragments_stay_out_of_the_vocabulary(tmp_path):
+    import json
+
+    from training.corpus import sound_words
+    from training.tags import drop_reason
+
+    words = frozenset({"bell", "rain", "game", "linux", "explosion"})
+    keep = sound_words()
+    assert drop_reason("bell", words, keep) is None
+    assert drop_reason("game", words, keep) == drop_reason("linux", words, keep) == "provenance"
+    assert drop_reason("ab", words, keep) == "fragment"
+    assert drop_reason("fantasycore", words, keep) == "not a word"
+    assert drop_reason("xylophone", words, keep) is None  # a GM program word: describes the sound by construction
+    assert drop_reason("hihat", words, keep) is None  # a sound word the dictionary lacks
+    # through build(): the dropped tags never reach the vocabulary, and the corpus card lists them with the reason
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        sf.write(tmp_path / f"s{i}.wav", 0.1 * rng.standard_normal(22_050).astype(np.float32), 22_050)
+        what = "bell" if i % 2 else "rain"
+        rows.append({"path": str(tmp_path / f"s{i}.wav"), "source": "x", "raw_tags": [what, "game", "ab", "globalmod"]})
+    corpus = build(tmp_path, rows, {}, name="c", min_count=3, workers=1, words=words)
+    assert json.loads((corpus / "vocabulary.json").read_text()) == ["bell", "rain"]
+    dropped = json.loads((corpus / "stats.json").read_text())["dropped_tags"]
+    assert dropped == {"fragment": {"ab": 12}, "not a word": {"globalmod": 12}, "provenance": {"game": 12}}
+
+
+def test_no_package_adds_provenance_tags_to_all_its_sounds():
+    from training.sources import ALL_SOURCES
+    from training.tags import PROVENANCE_WORDS
+
+    extra = {t for _, tags in ALL_SOURCES.values() for t in tags}
+    assert not extra & (PROVENANCE_WORDS | {"game", "shooter", "fantasy", "tank", "war", "mod", "linux"})
 
 
 def test_max_energy_patch():
@@ -184,21 +219,19 @@ def test_archives(tmp_path):
     assert sr == 11025 and len(x) == len(pcm)
 
 
-def test_spoken_packages_are_tagged_by_folder_never_by_the_word_spoken(tmp_path):
-    from training.sources import SPEECH_SOURCES
+def test_spoken_packages_are_tagged_by_metadata_never_by_the_word_spoken(tmp_path):
+    from training.sources import EVALUATION_PACKAGES, SPEECH_SOURCES
 
-    # the speech packages are opt-in (--speech): the default corpus, which the shipped weights were trained on,
-    # stays without them, but they are guarded like every pretraining package
+    # the speech packages are opt-in (--speech): the default corpus stays without them, but they are guarded like
+    # every pretraining package; KLettres is the `languages` evaluation task and never enters pretraining
     assert not set(SPEECH_SOURCES) & set(SOURCES) and set(SPEECH_SOURCES) <= set(PRETRAIN_PACKAGES)
-    # KLettres's "dog.ogg" is the word read aloud: it must not get the tag "dog"
-    root = tmp_path / "extracted" / "klettres-data" / "usr" / "share" / "klettres"
-    for lang, kind, name in [("en", "syllab", "dog"), ("fr", "alpha", "a"), ("ml", "syllab", "baa")]:
-        (root / lang / kind).mkdir(parents=True, exist_ok=True)
-        sf.write(root / lang / kind / f"{name}.ogg", np.zeros(2000, np.float32), 22_050)
-    rows = {Path(r["path"]).stem: r["raw_tags"] for r in scan(tmp_path / "extracted", ["klettres-data"])}
-    assert rows["dog"] == ["english", "syllable", "speech", "voice", "spoken"]
-    assert rows["a"] == ["french", "letter", "alphabet", "speech", "voice", "spoken"]
-    assert rows["baa"][0] == "malayalam" and "baa" not in rows["baa"]
+    assert "klettres-data" in EVALUATION_PACKAGES and "klettres-data" not in PRETRAIN_PACKAGES
+    # a syllable file named after what is spoken ("dog.ogg") must not get the tag "dog"
+    root = tmp_path / "extracted" / "gcin-voice" / "usr" / "share" / "gcin-voice" / "ogg" / "s00"
+    root.mkdir(parents=True)
+    sf.write(root / "dog.ogg", np.zeros(2000, np.float32), 22_050)
+    rows = scan(tmp_path / "extracted", ["gcin-voice"])
+    assert [r["raw_tags"] for r in rows] == [list(SPEECH_SOURCES["gcin-voice"][1])]
 
 
 def test_a_package_cap_keeps_a_fixed_subset(tmp_path, monkeypatch):

@@ -36,18 +36,18 @@ from .sources import (
     ALL_SOURCES,
     ARCHIVE_EXTENSIONS,
     AUDIO_EXTENSIONS,
+    DICTIONARY,
     EXCLUDED_DIRS,
     EXCLUDED_PACKAGES,
     FM_SOUNDFONTS,
-    FORBIDDEN_PACKAGES,
-    KLETTRES_LANGUAGES,
     MAX_FILES,
     METADATA_PACKAGES,
     SOUNDFONTS,
     SOURCES,
     SPEECH_SOURCES,
+    forbidden,
 )
-from .tags import build_vocabulary, multi_hot, normalize, path_tokens, tokenize
+from .tags import build_vocabulary, drop_reason, multi_hot, normalize, path_tokens, read_words, tokenize
 
 log = logging.getLogger("training.corpus")
 MAX_SECONDS = 120.0  # longer files (music) are cut: enough patches, bounded memory
@@ -70,7 +70,7 @@ def download(packages: list[str], debs: Path, allow_excluded: bool = False) -> d
     debs.mkdir(parents=True, exist_ok=True)
     versions = {}
     for pkg in packages:
-        if pkg in FORBIDDEN_PACKAGES or (pkg in EXCLUDED_PACKAGES and not allow_excluded):
+        if forbidden(pkg) or (pkg in EXCLUDED_PACKAGES and not allow_excluded):
             raise ValueError(f"{pkg} must never be part of the pretraining corpus")
         found = sorted(debs.glob(f"{pkg}_*.deb"))
         if not found:
@@ -127,16 +127,6 @@ def _asterisk_transcripts(root: Path) -> dict[str, str]:
     return out
 
 
-def _spoken_tags(pkg: str, rel: str) -> list[str]:
-    """Tags of a spoken letter, syllable or word: language and unit from the folders, never the file name."""
-    if pkg == "klettres-data":  # usr/share/klettres/<lang>/<alpha|syllab>/<what>.ogg
-        parts = Path(rel).parts
-        lang = KLETTRES_LANGUAGES.get(parts[-3], "") if len(parts) >= 3 else ""
-        unit = {"alpha": ["letter", "alphabet"], "syllab": ["syllable"]}.get(parts[-2], []) if len(parts) >= 2 else []
-        return [lang, *unit] if lang else unit
-    return []
-
-
 def _fixed_subset(items: list[dict], n: int) -> list[dict]:
     """At most ``n`` of ``items``, drawn with seed 0 and kept in their order (the same subset on every build)."""
     if len(items) <= n:
@@ -178,7 +168,7 @@ def scan(extracted: Path, packages: list[str]) -> list[dict]:
             elif pkg.startswith("asterisk-core"):
                 words = tokenize(transcripts.get(f.stem, ""))
             elif pkg in SPEECH_SOURCES:
-                rows.append({"path": str(f), "source": pkg, "raw_tags": _spoken_tags(pkg, rel) + extra})
+                rows.append({"path": str(f), "source": pkg, "raw_tags": list(extra)})
                 continue
             rows.append({"path": str(f), "source": pkg, "raw_tags": path_tokens(rel, drop) + words + extra})
         if pkg in MAX_FILES:
@@ -290,6 +280,21 @@ def collect_debian(data: Path, speech: bool = False, fm_notes: bool = False) -> 
     return rows, versions
 
 
+def dictionary_words(data: Path) -> frozenset[str]:
+    """The English word list that decides which tags may enter the vocabulary (``sources.DICTIONARY``)."""
+    pkg, rel = DICTIONARY
+    download([pkg], data / "debs")
+    root = extract(pkg, data / "debs", data / "extracted", unpack=False)
+    if root is None or not (root / rel).exists():
+        raise SystemExit(f"cannot download {pkg}; run `apt-get update` first")
+    return read_words(root / rel)
+
+
+def sound_words() -> frozenset[str]:
+    """Tags that describe a sound by construction: the words of the General MIDI program and family names."""
+    return frozenset(normalize(t for name in (*notes.GM_PROGRAMS, *notes.GM_FAMILIES) for t in tokenize(name)))
+
+
 def read_manifest(path: Path) -> list[dict]:
     """A user's own collection: a CSV with columns ``path`` and ``tags`` (free text or space-separated
     tags; processed exactly as the Debian sounds' raw tags) and optionally ``source``. Relative paths are
@@ -304,17 +309,36 @@ def read_manifest(path: Path) -> list[dict]:
 
 
 def build(
-    data: Path, rows: list[dict], versions: dict[str, str], name: str = "corpus", min_count: int = 10, workers: int = 2
+    data: Path,
+    rows: list[dict],
+    versions: dict[str, str],
+    name: str = "corpus",
+    min_count: int = 10,
+    workers: int = 2,
+    words: frozenset[str] | None = None,
 ) -> Path:
-    """Tags, vocabulary, log-mels, split and scaler for ``rows``; return the corpus folder ``data/name``."""
+    """Tags, vocabulary, log-mels, split and scaler for ``rows``; return the corpus folder ``data/name``.
+
+    With ``words`` (a dictionary), tags that are not words, fragments and provenance words are dropped before the
+    vocabulary is built (``tags.drop_reason``); the corpus card (``stats.json``) lists them with their reason.
+    """
     t0 = time.time()
     excluded = [r["path"] for r in rows if any(f"/{pkg}/" in r["path"] for pkg in EXCLUDED_PACKAGES)]
     if excluded:
         raise ValueError(f"{len(excluded)} files of excluded packages, e.g. {excluded[0]}")
     corpus = data / name
     corpus.mkdir(parents=True, exist_ok=True)
+    keep = sound_words()
+    dropped: dict[str, dict[str, int]] = {}
     for r in rows:
-        r["tags"] = normalize(r["raw_tags"])
+        r["tags"] = []
+        for t in normalize(r["raw_tags"]):
+            reason = drop_reason(t, words, keep) if words is not None else None
+            if reason is None:
+                r["tags"].append(t)
+            else:
+                dropped.setdefault(reason, {}).setdefault(t, 0)
+                dropped[reason][t] += 1
     vocab = build_vocabulary([r["tags"] for r in rows], min_count=min_count)
     vset = set(vocab)
     rows = [r for r in rows if any(t in vset for t in r["tags"])]
@@ -374,6 +398,11 @@ def build(
                 ]
             )
     stats = corpus_stats(rows, labels, vocab, versions, time.time() - t0)
+    # The card's list of dropped tags: those that would otherwise have been frequent enough for the vocabulary.
+    stats["dropped_tags"] = {
+        reason: dict(sorted(((t, n) for t, n in counts.items() if n >= min_count), key=lambda x: (-x[1], x[0])))
+        for reason, counts in sorted(dropped.items())
+    }
     (corpus / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     log.info("corpus: %s", json.dumps({k: v for k, v in stats.items() if k != "sources"}))
     return corpus
@@ -417,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     data = data_dir(a.data)
+    words = None
     if a.smoke:
         from .smoke import make_collection
 
@@ -426,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows, versions = collect_debian(data, speech=a.speech, fm_notes=a.fm_notes)
         min_count = a.min_count
-    corpus = build(data, rows, versions, name=a.name, min_count=min_count, workers=a.workers)
+        words = dictionary_words(data)
+    corpus = build(data, rows, versions, name=a.name, min_count=min_count, workers=a.workers, words=words)
     if a.hdf5:
         export_hdf5(corpus)
     return 0

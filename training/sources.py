@@ -3,77 +3,69 @@
 from __future__ import annotations
 
 # Pretraining sources: package -> (licence as its debian/copyright states it, tags every sound of it gets).
-# The extra tags are the package's own description of its sounds (its metadata), so that e.g. the
-# phone prompts are tagged as speech; everything else comes from paths, stamp texts and transcripts.
+# The extra tags say what every sound of the package is (speech for the phone prompts, music for the music
+# packages), never where it came from: no "game", no genre of the game; everything else comes from paths, stamp
+# texts and transcripts.
 SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tuxpaint-stamps-default": ("GPL-2+", ()),
-    "supertux-data": ("GPL-3+ / CC-BY-SA", ("game",)),
-    "supertuxkart-data": ("GPL-3+ / CC-BY-SA / CC0", ("game",)),
-    "redeclipse-data": ("CC-BY-SA / mixed free", ("game",)),
-    "naev-data": ("GPL-3+ / CC-BY-SA / public domain", ("game", "space")),
-    "wesnoth-1.16-data": ("GPL-2+", ("game", "fantasy")),
+    "supertux-data": ("GPL-3+ / CC-BY-SA", ()),
+    "supertuxkart-data": ("GPL-3+ / CC-BY-SA / CC0", ()),
+    "redeclipse-data": ("CC-BY-SA / mixed free", ()),
+    "naev-data": ("GPL-3+ / CC-BY-SA / public domain", ()),
+    "wesnoth-1.16-data": ("GPL-2+", ()),
     "wesnoth-1.16-music": ("GPL-2+", ("music", "soundtrack")),
-    "colobot-common-sounds": ("GPL-3+", ("game",)),
-    "lincity-ng-data": ("GPL-2+", ("game", "city")),
-    "fillets-ng-data": ("GPL-2+", ("game",)),
-    "endless-sky-data": ("GPL-3+ / CC-BY-SA / public domain", ("game", "space")),
-    "extremetuxracer-data": ("GPL-2+", ("game",)),
-    "frozen-bubble-data": ("GPL-2", ("game",)),
-    "sound-theme-freedesktop": ("GPL-2+ / CC-BY-SA", ("notification", "desktop")),
-    "oxygen-sounds": ("LGPL-2.1+ / CC-BY-SA", ("notification", "desktop")),
-    "deepin-sound-theme": ("GPL-3+", ("notification", "desktop")),
-    "yaru-theme-sound": ("CC-BY-SA-4.0", ("notification", "desktop")),
+    "colobot-common-sounds": ("GPL-3+", ()),
+    "lincity-ng-data": ("GPL-2+", ()),
+    "fillets-ng-data": ("GPL-2+", ()),
+    "endless-sky-data": ("GPL-3+ / CC-BY-SA / public domain", ()),
+    "extremetuxracer-data": ("GPL-2+", ()),
+    "frozen-bubble-data": ("GPL-2", ()),
+    "sound-theme-freedesktop": ("GPL-2+ / CC-BY-SA", ("notification",)),
+    "oxygen-sounds": ("LGPL-2.1+ / CC-BY-SA", ("notification",)),
+    "deepin-sound-theme": ("GPL-3+", ("notification",)),
+    "yaru-theme-sound": ("CC-BY-SA-4.0", ("notification",)),
     "lomiri-sounds": ("CC-BY-SA / CC0 / GPL", ("notification", "phone")),
-    "sonic-pi-samples": ("CC0 / CC-BY", ("music", "sample")),
-    "lmms-common": ("GPL-2+", ("music", "sample")),
+    "sonic-pi-samples": ("CC0 / CC-BY", ("music",)),
+    "lmms-common": ("GPL-2+", ("music",)),
     "asterisk-core-sounds-en-wav": ("CC-BY-SA-3.0", ("speech", "voice", "female", "english", "telephone")),
-    "asterisk-moh-opsound-wav": ("CC-BY-SA-3.0", ("music", "hold")),
-    "warzone2100-data": ("GPL-2+ / CC-BY-SA", ("game", "war")),
-    "openarena-data": ("GPL-2+", ("game", "shooter")),
-    "freedoom": ("BSD-3-clause", ("game", "shooter")),
-    "openttd-opensfx": ("CC-Sampling-Plus-1.0", ("game", "transport")),
+    "asterisk-moh-opsound-wav": ("CC-BY-SA-3.0", ("music",)),
+    "warzone2100-data": ("GPL-2+ / CC-BY-SA", ()),
+    "openarena-data": ("GPL-2+", ()),
+    "freedoom": ("BSD-3-clause", ()),
+    "openttd-opensfx": ("CC-Sampling-Plus-1.0", ()),
     # Added for the second corpus (session 3): more games, more varied effects, ambiences and voices.
-    "freedroidrpg-data": ("GPL-2+ / GPL-3 / Expat / BSD-3-clause", ("game", "robot")),
-    "cube2-data": ("CC-BY-3.0 / CC-BY-SA / public domain", ("game", "shooter")),
-    "flare-game": ("CC-BY-SA-3.0+ / GPL-3+", ("game", "fantasy")),
-    "lugaru-data": ("CC-BY-SA / GPL-2+", ("game", "fight")),
-    "pingus-data": ("GPL-2+", ("game",)),
-    "xmoto-data": ("GPL-2+ / MIT / BSD-3-clause", ("game", "music")),
-    "boswars-data": ("GPL-2+", ("game", "war")),
-    "scorched3d-data": ("GPL-2+ / CC-BY-SA-3.0 / public domain", ("game", "tank")),
-    "enigma-data": ("GPL-2+", ("game",)),
-    "btanks-data": ("GPL-2+ / LGPL-2.1+ / public domain", ("game", "tank")),
-    "pokerth-data": ("GPL-2+ / BSD-3-clause / public domain", ("game", "card")),
-    "ri-li-data": ("GPL-2 / GPL-3", ("game", "train")),
-    "tuxfootball": ("GPL-2+", ("game", "football")),
-    "bzflag-data": ("GPL-2+ / LGPL-2.1", ("game", "tank")),
-    "freeciv-data": ("GPL-2+", ("game",)),
-    "trigger-rally-data": ("GPL-2+ / CC0 / CC-BY-SA-3.0 / CC-BY-3.0", ("game", "car")),
-    "warmux-data": ("GPL-2+", ("game",)),
-    "7kaa-data": ("GPL-2+", ("game", "war")),
-    "nexuiz-data": ("GPL-2+", ("game", "shooter")),
+    "freedroidrpg-data": ("GPL-2+ / GPL-3 / Expat / BSD-3-clause", ()),
+    "cube2-data": ("CC-BY-3.0 / CC-BY-SA / public domain", ()),
+    "flare-game": ("CC-BY-SA-3.0+ / GPL-3+", ()),
+    "lugaru-data": ("CC-BY-SA / GPL-2+", ()),
+    "pingus-data": ("GPL-2+", ()),
+    "xmoto-data": ("GPL-2+ / MIT / BSD-3-clause", ("music",)),
+    "boswars-data": ("GPL-2+", ()),
+    "scorched3d-data": ("GPL-2+ / CC-BY-SA-3.0 / public domain", ()),
+    "enigma-data": ("GPL-2+", ()),
+    "btanks-data": ("GPL-2+ / LGPL-2.1+ / public domain", ()),
+    "pokerth-data": ("GPL-2+ / BSD-3-clause / public domain", ()),
+    "ri-li-data": ("GPL-2 / GPL-3", ()),
+    "tuxfootball": ("GPL-2+", ()),
+    "bzflag-data": ("GPL-2+ / LGPL-2.1", ()),
+    "freeciv-data": ("GPL-2+", ()),
+    "trigger-rally-data": ("GPL-2+ / CC0 / CC-BY-SA-3.0 / CC-BY-3.0", ()),
+    "warmux-data": ("GPL-2+", ()),
+    "7kaa-data": ("GPL-2+", ()),
+    "nexuiz-data": ("GPL-2+", ()),
 }
-# Varied speech, opt-in (`python -m training.corpus --speech`): KLettres reads letters and syllables aloud with a
-# different speaker in each of 21 languages; gcin-voice speaks Mandarin syllables in two voices. A corpus with them
-# (session 4) raised the validation scores on digits and events but lowered instruments, and its best mean stayed
-# under the shipped run's (68.9 vs 69.5; training/README.md), so the default corpus does not include them.
+# Varied speech, opt-in (`python -m training.corpus --speech`): gcin-voice speaks Mandarin syllables in two voices.
+# A corpus with it and KLettres (session 4, before KLettres became the `languages` evaluation task) raised the
+# validation scores on digits and events but lowered instruments, and its best mean stayed under the shipped run's
+# (68.9 vs 69.5; training/README.md), so the default corpus does not include it.
 SPEECH_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "klettres-data": ("GPL-2+", ("speech", "voice", "spoken")),
     "gcin-voice": ("GPL-3 / LGPL-3 / CC-BY-3.0", ("speech", "voice", "spoken", "chinese", "mandarin", "syllable")),
 }
-# Their file names say *what* is spoken ("dog.ogg" in KLettres is the word read aloud, not a bark), so only the
-# folders and the metadata tag them (corpus.scan).
+# Their file names say *what* is spoken, so only the package's metadata tags them (corpus.scan).
 ALL_SOURCES = {**SOURCES, **SPEECH_SOURCES}
 # At most this many sounds of a package, drawn with a fixed seed, so that a few voices do not dominate the corpus
 # (gcin-voice has 2,358 syllables from two speakers).
 MAX_FILES = {"gcin-voice": 1000}
-# KLettres's language folders (usr/share/klettres/<code>/alpha|syllab/): the language is a tag.
-KLETTRES_LANGUAGES = {
-    "ar": "arabic", "cs": "czech", "da": "danish", "de": "german", "en": "english", "en_GB": "english",
-    "es": "spanish", "fr": "french", "he": "hebrew", "hu": "hungarian", "id": "indonesian", "it": "italian",
-    "lt": "lithuanian", "ml": "malayalam", "nb": "norwegian", "nn": "norwegian", "nds": "saxon",
-    "nl": "dutch", "pt_BR": "portuguese", "ru": "russian", "tn": "tswana", "uk": "ukrainian",
-}  # fmt: skip
 # Packages whose files are read without being sounds themselves.
 METADATA_PACKAGES = ("asterisk-core-sounds-en",)
 # General MIDI soundfonts rendered note by note with fluidsynth.
@@ -91,7 +83,7 @@ FM_SOUNDFONTS: dict[str, tuple[str, str]] = {
 ALL_SOUNDFONTS = {**SOUNDFONTS, **FM_SOUNDFONTS}
 
 # The evaluation tasks: never part of pretraining (training/tasks.py builds them).
-EVALUATION_PACKAGES = ("0ad-data", "musescore-general-soundfont")
+EVALUATION_PACKAGES = ("0ad-data", "musescore-general-soundfont", "klettres-data")
 # Not to be used anywhere in the project.
 FORBIDDEN_PACKAGES = (
     "hedgewars-data",
@@ -105,13 +97,26 @@ FORBIDDEN_PACKAGES = (
     "musescore-general-soundfont-small",
     "musescore-general-soundfont-lossless",
 )
+# Every package whose name starts with one of these is forbidden too (Hydrogen's drum kits in any packaging).
+FORBIDDEN_PREFIXES = ("hydrogen",)
 EXCLUDED_PACKAGES = EVALUATION_PACKAGES + FORBIDDEN_PACKAGES
+
+
+def forbidden(pkg: str) -> bool:
+    """True for a package that must not be used anywhere in the project."""
+    return pkg in FORBIDDEN_PACKAGES or pkg.startswith(FORBIDDEN_PREFIXES)
+
+
 # Folders inside pretraining packages that hold copies of evaluation sounds: cube2-data ships seven
 # 0 A.D. sounds in packages/sounds/0ad/ (found by comparing file names and MD5s with the events task).
 EXCLUDED_DIRS = ("0ad",)
 
+# A dictionary of English words: a tag enters the vocabulary only if it is a word (tags.drop_reason).
+DICTIONARY: tuple[str, str] = ("wamerican", "usr/share/dict/american-english")
+
 PRETRAIN_PACKAGES = tuple(ALL_SOURCES) + METADATA_PACKAGES + tuple(ALL_SOUNDFONTS)
 assert not set(PRETRAIN_PACKAGES) & set(EXCLUDED_PACKAGES)
+assert not any(forbidden(p) for p in PRETRAIN_PACKAGES)
 
 AUDIO_EXTENSIONS = (".wav", ".ogg", ".flac", ".mp3", ".opus", ".oga")
 ARCHIVE_EXTENSIONS = (".zip", ".pk3", ".wz")

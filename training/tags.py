@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,20 @@ LANGUAGE_CODES = frozenset(
 )
 # Speaker names in voice packs: who speaks, not what.
 SPEAKER_NAMES = frozenset({"allison"})
+# Dictionary words that say where a sound came from (a game, a mod, an operating system, a level), not what it
+# sounds like: kept out of the vocabulary so that the contrastive loss does not teach the encoder provenance.
+PROVENANCE_WORDS = frozenset(
+    """game mod linux package shooter fantasy tutorial misc demo level player npc unit item inventory soundset
+    extra primary secondary option status list user currently world new min vol col com bot nexus tux halo
+    insurrectionist freelance reptilian onslaught""".split()
+)
+# Words about sounds that a general dictionary lacks (instrument, drum and vocal names, languages of speech).
+SOUND_WORDS = frozenset(
+    """hihat tabla aah ooh electro synth bassloop ambience ambi english german french spanish italian russian
+    dutch czech""".split()
+)
+# Shorter tokens are path fragments ("ab", "sp", "st"), not words about a sound.
+MIN_TAG_LETTERS = 3
 
 _SPLIT = re.compile(r"[\\/_\-.\s,;:()\[\]{}'\"!?&+=#@%*]+")
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
@@ -87,6 +102,30 @@ def normalize(raw: Iterable[str]) -> list[str]:
             continue
         out.add(singular(t))
     return sorted(out)
+
+
+def drop_reason(tag: str, words: frozenset[str] | None, keep: frozenset[str] = frozenset()) -> str | None:
+    """Why ``tag`` does not describe a sound, or None when it may enter the vocabulary.
+
+    ``words`` is a dictionary of lowercase English words (None: no dictionary check); ``keep`` holds tags known to
+    describe sounds (e.g. the General MIDI program names of rendered notes), which are always kept.
+    """
+    if tag in keep or tag in SOUND_WORDS:
+        return None
+    if len(tag) < MIN_TAG_LETTERS:
+        return "fragment"
+    if tag in PROVENANCE_WORDS:
+        return "provenance"
+    if words is not None and tag not in words:
+        return "not a word"
+    return None
+
+
+def read_words(path: str | os.PathLike) -> frozenset[str]:
+    """The lowercase entries of a one-word-per-line dictionary (Debian's ``/usr/share/dict`` format); proper
+    nouns (capitalised: game, character and place names) and possessives are left out."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return frozenset(w for w in (line.strip() for line in f) if w.isalpha() and w.islower())
 
 
 def build_vocabulary(
