@@ -4,7 +4,7 @@ Training saves the encoders of every epoch (``snapshot_epochN.pt``); the lowest 
 is not always the best *embedding*. This stage scores candidate checkpoints with the evaluation protocol
 (``training/evaluate.py``: ``signal`` recipe, MLP probe, mean accuracy over ``--seeds`` seeds) on the three
 validation splits and writes ``RUN/selected.json``; ``training.evaluate --model NAME`` and
-``training.export`` then use that checkpoint. The highest mean accuracy over the three tasks wins.
+``training.export`` then use that checkpoint. The highest mean accuracy over the tasks wins.
 
 Candidates: every ``--every``-th epoch of the whole run (epochs every/2, 3*every/2, ...), the last epoch and
 ``best.pt``. Scores are cached in ``RUN/selection_scores.json`` (keyed by file, size and time), so snapshots
@@ -62,26 +62,25 @@ def _key(path: Path, seeds: int) -> str:
 def score(data: Path, run_name: str, checkpoint: str, seeds: int, loaded: dict | None = None) -> dict[str, float]:
     """Validation accuracy (%) of one checkpoint on each task: ``signal`` recipe, MLP(256), mean over seeds.
 
-    ``loaded`` keeps each task's rows and patches between calls, so scoring many checkpoints reads them once.
+    ``loaded`` keeps each task's rows between calls; patches and clip features are cached on disk
+    (``evaluate.cached_features``).
     """
     import dataclasses
 
-    from coala_embed.api import embed_patches
-
-    from .evaluate import RECIPES, classify_mlp, clip_features, resolve_model, split_xy, task_patches
+    from .evaluate import RECIPES, cached_features, checkpoint_key, classify_mlp, resolve_model, split_xy
     from .tasks import TASKS, read_task
 
     loaded = {} if loaded is None else loaded
-    _, model = resolve_model(f"{run_name}:{checkpoint}", data)
+    spec = f"{run_name}:{checkpoint}"
+    _, model = resolve_model(spec, data)
     changes, stat = RECIPES["signal"]
     cfg = dataclasses.replace(model.config.frontend, **changes)
     out = {}
     for task in TASKS:
-        if (task, cfg) not in loaded:
-            rows = read_task(data / "tasks" / task)
-            loaded[task, cfg] = (rows, *task_patches(task, rows, cfg, data / "eval-cache"))
-        rows, patches, offsets = loaded[task, cfg]
-        feats = clip_features(embed_patches(model, patches, 256), offsets, stat)
+        if task not in loaded:
+            loaded[task] = read_task(data / "tasks" / task)
+        rows = loaded[task]
+        feats = cached_features(task, rows, model, cfg, stat, data / "eval-cache", checkpoint_key(spec, data))
         out[task] = round(100 * classify_mlp(*split_xy(feats, rows, "val"), seeds), 2)
     return out
 

@@ -1,5 +1,5 @@
 """A tiny generated world for ``run.sh --smoke`` and the tests: a tagged collection (read through the same
-``--manifest`` path a user's own collection takes) and three small tasks laid out like the real ones."""
+``--manifest`` path a user's own collection takes) and small tasks laid out like the real ones."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def make_collection(folder: Path, per_kind: int = 24, seed: int = 0) -> Path:
 
 
 def make_tasks(data: Path, seed: int = 1) -> None:
-    """Three small classification tasks under ``data/tasks`` with train / val / test splits."""
+    """One small classification task per name in ``tasks.TASKS`` under ``data/tasks``, with train / val / test splits."""
     from .tasks import TASKS, write_task
 
     rng = np.random.default_rng(seed)

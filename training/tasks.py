@@ -1,12 +1,17 @@
-"""The three held-out evaluation tasks, built from scratch on any machine (none of it enters pretraining).
+"""The five held-out evaluation tasks, built from scratch on any machine (none of it enters pretraining).
 
 * ``digits``: spoken digits (FSDD, ``../shared/data/fsdd``), 10 classes. Official split: takes 0-4 test;
-  takes 5-9 validation; takes 10-49 train. Also leave-one-speaker-out in ``evaluate.py``.
+  takes 5-19 validation (900 clips); takes 20-49 train. Also leave-one-speaker-out in ``evaluate.py``.
 * ``events``: the sounds of 0ad-data (in a zip inside the package), 9 classes from their folders;
   variants of one sound (same stem, other number) stay on one side; test / validation / train = folds
   0 / 1 / 2-4 of a stratified group 5-fold split (seed 0).
 * ``instruments``: GM notes rendered with fluidsynth from musescore-general-soundfont, 16 GM families;
-  split by program, so test instruments are unseen: per family 2 programs test, 1 validation, 5 train.
+  split by program, so test instruments are unseen: per family 2 programs test, 2 validation, 4 train.
+* ``drums``: GM drum notes rendered from the same soundfont's drum kits, 11 classes (kick, snare, tom, hi-hat,
+  cymbal, ...); split by kit family, so test kits are unseen: Room and Jazz kits test, Power and Brush kits
+  validation, Standard, Electronic, TR-808 and Orchestra kits train.
+* ``languages``: KLettres (klettres-data) letters and syllables read aloud, one voice per language folder, 20 classes
+  (speech: language and speaker identification); stratified 50/25/25 train/validation/test (seed 0).
 
 Each task is a folder ``DATA/tasks/<name>/`` with ``task.csv`` (path, label, split, group) and ``card.json``.
 
@@ -29,10 +34,60 @@ import numpy as np
 import soundfile as sf
 
 from .corpus import data_dir, download, extract
-from .notes import GM_FAMILIES, GM_PROGRAMS, render_notes
+from .notes import GM_DRUMS, GM_FAMILIES, GM_PROGRAMS, render_notes
 
 log = logging.getLogger("training.tasks")
-TASKS = ("digits", "events", "instruments")
+TASKS = ("digits", "events", "instruments", "drums", "languages")
+# GM drum note names (notes.GM_DRUMS) -> class of the drums task
+DRUM_CLASSES = {
+    "bass drum": "kick",
+    "snare drum": "snare",
+    "side stick": "snare",
+    "hand clap": "clap",
+    "floor tom": "tom",
+    "tom": "tom",
+    "closed hihat": "hihat",
+    "pedal hihat": "hihat",
+    "open hihat": "hihat",
+    "crash cymbal": "cymbal",
+    "ride cymbal": "cymbal",
+    "china cymbal": "cymbal",
+    "splash cymbal": "cymbal",
+    "ride bell": "cymbal",
+    "bongo": "hand_drum",
+    "conga": "hand_drum",
+    "timbale": "hand_drum",
+    "cuica": "hand_drum",
+    "tambourine": "shaker",
+    "cabasa": "shaker",
+    "maracas": "shaker",
+    "guiro": "shaker",
+    "claves": "wood",
+    "woodblock": "wood",
+    "cowbell": "metal",
+    "agogo": "metal",
+    "triangle": "metal",
+    "vibraslap": "metal",
+    "whistle": "whistle",
+}
+# Drum kits of MuseScore_General (bank 128 presets) by split: whole kit families are held out
+DRUM_KITS = {
+    "train": {
+        0: "Standard",
+        1: "Standard 1",
+        2: "Standard 2",
+        3: "Standard 3",
+        4: "Standard 4",
+        5: "Standard 5",
+        6: "Standard 6",
+        7: "Standard 7",
+        24: "Electronic",
+        25: "TR-808",
+        48: "Orchestra Kit",
+    },
+    "val": {16: "Power", 17: "Power 1", 18: "Power 2", 19: "Power 3", 40: "Brush", 41: "Brush 1", 42: "Brush 2"},
+    "test": {8: "Room", 9: "Room 1", 10: "Room 2", 11: "Room 3", 32: "Jazz", 33: "Jazz 1"},
+}
 DEFAULT_FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 
 # 0ad folder prefix (below audio/) -> class
@@ -78,10 +133,10 @@ def build_digits(data: Path, fsdd: Path) -> Path:
     rows = []
     for f in sorted(fsdd.glob("*.wav")):
         digit, speaker, take = f.stem.split("_")
-        split = "test" if int(take) <= 4 else ("val" if int(take) <= 9 else "train")
+        split = "test" if int(take) <= 4 else ("val" if int(take) <= 19 else "train")
         rows.append({"path": str(f), "label": digit, "split": split, "group": speaker})
     card = {"task": "digits", "source": "Free Spoken Digit Dataset (CC BY-SA 4.0), commit 26eb9aa",
-            "split_rule": "takes 0-4 test (official), 5-9 validation, 10-49 train; group = speaker"}  # fmt: skip
+            "split_rule": "takes 0-4 test (official), 5-19 validation, 20-49 train; group = speaker"}  # fmt: skip
     write_task(out, rows, card)
     return out
 
@@ -159,7 +214,7 @@ def build_instruments(data: Path) -> Path:
     for fam in range(16):
         progs = rng.permutation(np.arange(fam * 8, fam * 8 + 8))
         for k, p in enumerate(progs):
-            split_of[int(p)] = "test" if k < 2 else ("val" if k < 3 else "train")
+            split_of[int(p)] = "test" if k < 2 else ("val" if k < 4 else "train")
     notes = [{"channel": 0, "program": p, "pitch": pitch, "velocity": vel}
              for p in range(128) for pitch in range(36, 85, 4) for vel in (80, 120)]  # fmt: skip
     paths = render_notes(soundfont, notes, out / "audio", "note")
@@ -172,14 +227,71 @@ def build_instruments(data: Path) -> Path:
                      "group": GM_PROGRAMS[n["program"]]})  # fmt: skip
     card = {"task": "instruments", "source": f"musescore-general-soundfont {version} "
             f"({soundfont.name}, MIT), rendered with fluidsynth",  # fmt: skip
-            "split_rule": "by GM program: per family 2 programs test, 1 validation, 5 train (seed 0); "
+            "split_rule": "by GM program: per family 2 programs test, 2 validation, 4 train (seed 0); "
                           "pitches 36-84 step 4, velocities 80 and 120, 2 s notes in 3 s clips"}  # fmt: skip
     write_task(out, rows, card)
     return out
 
 
+def build_drums(data: Path) -> Path:
+    out = data / "tasks" / "drums"
+    if (out / "task.csv").exists():
+        return out
+    version, root = _evaluation_package(data, "musescore-general-soundfont")
+    soundfont = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".sf2", ".sf3"))[0]
+    kits = [(split, kit, name) for split, named in DRUM_KITS.items() for kit, name in named.items()]
+    notes = [{"channel": 9, "program": kit, "pitch": pitch, "velocity": vel}
+             for _, kit, _ in kits for pitch in GM_DRUMS for vel in (60, 90, 120)]  # fmt: skip
+    paths = render_notes(soundfont, notes, out / "audio", "drum")
+    split_of = {kit: (split, name) for split, kit, name in kits}
+    rows = []
+    for path, n in zip(paths, notes):
+        audio, _ = sf.read(path, dtype="float32")
+        if np.abs(audio).max() < 1e-3:  # the kit has no sample for this note
+            continue
+        split, name = split_of[n["program"]]
+        rows.append({"path": str(path), "label": DRUM_CLASSES[GM_DRUMS[n["pitch"]]], "split": split, "group": name})
+    card = {"task": "drums", "source": f"musescore-general-soundfont {version} ({soundfont.name}, MIT), drum kits "
+            "(bank 128) rendered with fluidsynth",
+            "split_rule": "by kit family: Room and Jazz kits test, Power and Brush kits validation, the rest train; "
+                          "GM drum notes 35-81, velocities 60, 90 and 120, 2 s notes in 3 s clips",
+            "kits": {split: list(named.values()) for split, named in DRUM_KITS.items()}, "class_map": DRUM_CLASSES}  # fmt: skip
+    write_task(out, rows, card)
+    return out
+
+
+def build_languages(data: Path) -> Path:
+    from sklearn.model_selection import train_test_split
+
+    out = data / "tasks" / "languages"
+    if (out / "task.csv").exists():
+        return out
+    version, root = _evaluation_package(data, "klettres-data")
+    files = sorted(root.rglob("*.ogg"))  # usr/share/klettres/<language>/<alpha|syllab>/<what>.ogg
+    labels = [f.parent.parent.name for f in files]
+    idx = np.arange(len(files))
+    rest, test = train_test_split(idx, test_size=0.25, stratify=labels, random_state=0)
+    train, val = train_test_split(rest, test_size=1 / 3, stratify=[labels[i] for i in rest], random_state=0)
+    split = {**{int(i): "train" for i in train}, **{int(i): "val" for i in val}, **{int(i): "test" for i in test}}
+    rows = [
+        {"path": str(f), "label": lab, "split": split[i], "group": f.parent.name}
+        for i, (f, lab) in enumerate(zip(files, labels))
+    ]
+    card = {"task": "languages", "source": f"klettres-data {version} (GPL-2+): letters and syllables read aloud",
+            "split_rule": "stratified by language: 50 % train, 25 % validation, 25 % test (seed 0); "
+                          "one voice per language folder, so the task is language and speaker identification"}  # fmt: skip
+    write_task(out, rows, card)
+    return out
+
+
 def build_all(data: Path, fsdd: Path = DEFAULT_FSDD) -> dict[str, Path]:
-    return {"digits": build_digits(data, fsdd), "events": build_events(data), "instruments": build_instruments(data)}
+    return {
+        "digits": build_digits(data, fsdd),
+        "events": build_events(data),
+        "instruments": build_instruments(data),
+        "drums": build_drums(data),
+        "languages": build_languages(data),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
