@@ -32,7 +32,7 @@ DATA="${COALA_EMBED_DATA:-$HOME/.cache/coala-embed}"
 PY="${PYTHON:-python}"
 if [ "$SMOKE" = 1 ]; then
   DATA="$DATA/smoke"
-  TRAIN_SET=(max_samples=512 min_samples=512 batch_size=32 checkpoint_minutes=0.05)
+  TRAIN_SET=(max_samples=512 min_samples=512 batch_size=32 checkpoint_steps=8)
   EVAL_ARGS=(--seeds 2)
   SELECT_ARGS=(--seeds 1 --every 1)
   OUT="$DATA/weights"

@@ -11,8 +11,8 @@ Everything lands in ``OUT`` (default ``DATA/runs/<variant>``): ``config.json`` (
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -26,8 +26,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from coala_embed.device import cpu_name, resolve_precision
 from coala_embed.model import AudioEncoder, TagEncoder
 
+from .augment import Augment, augment, drop_tags, mel_centres
 from .corpus import data_dir
 from .losses import generalised_kl, nt_xent, tag_bce
 from .models import CNN, AudioDecoder, TagDecoder, use_fast_dropout
@@ -49,13 +51,20 @@ DEFAULTS: dict = {
     # Masking of the audio encoder's input (SpecAugment-style: per patch one band of up to `freq` mel bins and one
     # of up to `time` frames set to 0); the audio decoder still reconstructs the unmasked patch. 0: off (the paper).
     "mask": {"freq": 0, "time": 0},
+    # On-the-fly augmentation of the training patches (training/augment.py); all off: the paper's recipe
+    "augment": dataclasses.asdict(Augment()),
+    "tag_dropout": 0.0,  # probability of removing each positive tag of a training target (at least one stays)
+    "weight_decay": 0.0,  # > 0: AdamW with this decoupled weight decay instead of Adam
     "max_samples": 1_500_000,  # stop after this many samples...
     "min_samples": 1_000_000,  # ...or once validation stops improving for `patience` epochs after this many
     "patience": 4,
     "checkpoint_minutes": 4.0,
+    "checkpoint_steps": 0,  # > 0: checkpoint every this many steps instead of every checkpoint_minutes
     "epoch_samples": 0,  # samples per epoch (0: every training window once); smaller for quick comparisons
     "seed": 0,
-    "bf16": True,  # autocast on CPU and CUDA; losses in float32
+    # bfloat16 autocast (losses in float32): "auto" uses it where it is native (CUDA, CPUs with AVX-512 BF16 or
+    # AMX) and fp32 elsewhere, where bf16 training is about 100x slower; true on such a CPU warns and runs fp32
+    "bf16": "auto",
     "channels_last": True,
     "fast_dropout": True,  # FastDropout: same dropout, mask from random bytes (bernoulli_ is slow on CPU)
     "corpus": "corpus",
@@ -137,11 +146,20 @@ class PatchData:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
+    def raw(self, starts: torch.Tensor, width: int, last: torch.Tensor) -> torch.Tensor:
+        """Unscaled log-mels ``[B, 96, width]`` from absolute frames ``starts``; frames past ``last`` (each
+        sound's last frame) repeat it, so a window never reads the next sound."""
+        frames = torch.minimum(starts[:, None] + torch.arange(width, device=starts.device), last[:, None])
+        return self.logmel[:, frames].permute(1, 0, 2).float()
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw log-mel patches ``[B, 96, 96]`` -> scaled ``[B, 1, 96, 96]`` clamped to [0, 1] (the scaler was
+        fitted on the training patches; validation clamps as the original)."""
+        return (x * self.scaler_scale.to(x.device) + self.scaler_min.to(x.device)).clamp_(0, 1).unsqueeze(1)
+
     def patches(self, starts: torch.Tensor) -> torch.Tensor:
-        """Scaled patches ``[B, 1, 96, 96]`` (mel x time) starting at absolute frames ``starts``, clamped to
-        [0, 1] (the scaler was fitted on these training patches; validation clamps as the original)."""
-        x = self.logmel[:, starts[:, None] + self._ar].permute(1, 0, 2).float()
-        return (x * self.scaler_scale + self.scaler_min).clamp_(0, 1).unsqueeze(1)
+        """Scaled patches ``[B, 1, 96, 96]`` (mel x time) starting at absolute frames ``starts``."""
+        return self.scale(self.logmel[:, starts[:, None] + self._ar].permute(1, 0, 2).float())
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -172,6 +190,8 @@ def build_optimizers(cfg: dict, models: dict[str, nn.Module]) -> list[torch.opti
         params = [p for name in g if name in models for p in models[name].parameters()]
         if cfg["optimizer"] == "sgd":
             opts.append(torch.optim.SGD(params, lr=cfg["lr"]))
+        elif cfg.get("weight_decay"):
+            opts.append(torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"]))
         else:
             opts.append(torch.optim.Adam(params, lr=cfg["lr"]))
     return opts
@@ -248,6 +268,18 @@ def train_step(
 
 
 # ------------------------------------------------------------------------------------------------ loop
+def train_precision(bf16: bool | str, device: torch.device) -> str:
+    """``cfg["bf16"]`` (true, false or "auto") -> the precision that runs on ``device`` ("bf16" or "fp32")."""
+    if isinstance(bf16, str) and bf16 != "auto":
+        raise ValueError(f'bf16 must be true, false or "auto", got {bf16!r}')
+    return resolve_precision("auto" if bf16 == "auto" else ("bf16" if bf16 else "fp32"), device)
+
+
+def aug_seed(seed: int, epoch: int, step: int) -> int:
+    """The seed of a step's augmentation draws (apart from the masking draws of ``spec_mask``)."""
+    return int(np.random.SeedSequence([seed, epoch, step, 1]).generate_state(1)[0])
+
+
 def save_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -309,6 +341,8 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
         raise ValueError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
     use_cuda = cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if use_cuda else torch.device("cpu")
+    bf16 = train_precision(cfg["bf16"], device) == "bf16"
+    log.info("training in %s on %s", "bf16" if bf16 else "fp32", cpu_name() if device.type == "cpu" else device)
     if use_cuda and cfg["deterministic"]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
@@ -318,8 +352,8 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if rank == 0:  # the settings, with the precision that actually runs
+        (out / "config.json").write_text(json.dumps({**cfg, "precision": "bf16" if bf16 else "fp32"}, indent=2) + "\n")
     data = PatchData(data_root / cfg["corpus"], cfg)
     if device.type == "cuda":
         data.to(device)
@@ -348,9 +382,9 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
         )
     wrapped = {k: nn.parallel.DistributedDataParallel(m) if world > 1 else m for k, m in models.items()}
     if device.type == "cuda":
-        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg["bf16"])  # noqa: E731
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
     else:
-        autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"])  # noqa: E731
+        autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
 
     def checkpoint() -> None:
         if rank == 0:
@@ -366,6 +400,8 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
                 ckpt,
             )
 
+    aug = Augment(**cfg["augment"])
+    centres = mel_centres() if aug.pitch else None
     bs, n = cfg["batch_size"], len(data.train_start)
     steps_per_epoch = (cfg["epoch_samples"] or n) // (bs * world)
     last_ckpt, t_start = time.time(), time.time() - state["seconds"]
@@ -382,12 +418,21 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             idx = perm[step * bs : (step + 1) * bs].to(data.train_start.device)
             shifted = data.train_start[idx] + shift[step * bs : (step + 1) * bs].to(idx.device)
             starts = torch.minimum(shifted, data.train_last[idx])
-            x = data.patches(starts).to(device, non_blocking=True)
+            tags = data.labels[data.train_sound[idx]]
+            if aug.active or cfg["tag_dropout"]:  # on the CPU, with draws seeded by (seed, epoch, step)
+                gen = torch.Generator().manual_seed(aug_seed(cfg["seed"], epoch, step))
+                last = data.train_last[idx] + PATCH - 1
+                raw = data.raw(starts, PATCH + aug.extra_frames, last).cpu()
+                raw, tags = augment(raw, tags.cpu(), aug, gen, PATCH, centres)
+                tags = drop_tags(tags, cfg["tag_dropout"], gen)
+                x = data.scale(raw).to(device, non_blocking=True)
+            else:
+                x = data.patches(starts).to(device, non_blocking=True)
+            tags = tags.to(device, non_blocking=True)
             lr = learning_rate(cfg, state["samples"])
             for o in opts:
                 for group in o.param_groups:
                     group["lr"] = lr
-            tags = data.labels[data.train_sound[idx]].to(device, non_blocking=True)
             if cfg["channels_last"]:
                 x = x.contiguous(memory_format=torch.channels_last)
             x_in = None  # the masked copy the audio encoder sees (the product keeps x's memory format)
@@ -405,7 +450,11 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
                     + [f"{float(v.detach()):.5f}" for v in losses.values()]
                 )
                 steps_file.flush()
-            if time.time() - last_ckpt > 60 * cfg["checkpoint_minutes"]:
+            if (
+                (step + 1) % cfg["checkpoint_steps"] == 0
+                if cfg["checkpoint_steps"]
+                else time.time() - last_ckpt > 60 * cfg["checkpoint_minutes"]
+            ):
                 state["seconds"] = time.time() - t_start
                 checkpoint()
                 last_ckpt = time.time()
@@ -488,8 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(a.config, a.set)
     root = data_dir(a.data)
     out = Path(a.out) if a.out else root / "runs" / cfg.get("name", cfg["variant"])
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         train(cfg, root, out)
+    except KeyboardInterrupt:
+        log.warning("interrupted: the last checkpoint is in %s; rerun the same command to resume", out)
+        return 130
     return 0
 
 
