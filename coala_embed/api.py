@@ -74,8 +74,21 @@ def embed_patches(
     return torch.cat(out).cpu().numpy()
 
 
+CLIP_STATS = ("mean", "meanstd")
+
+
+def clip_vector(frames: np.ndarray, stat: str = "mean") -> np.ndarray:
+    """The one function that turns a clip's patch embeddings ``[T, D]`` into its clip vector: ``"mean"`` (the
+    paper's, ``[D]``) or ``"meanstd"`` (mean and standard deviation side by side, ``[2D]``)."""
+    if stat == "mean":
+        return frames.mean(axis=0)
+    if stat == "meanstd":
+        return np.concatenate([frames.mean(axis=0), frames.std(axis=0)])
+    raise ValueError(f"stat must be one of {CLIP_STATS}, got {stat!r}")
+
+
 def _finish(p: Patches, frames: np.ndarray) -> Embedding:
-    return Embedding(frames.mean(axis=0), frames, p.starts, p.ends, p.duration)
+    return Embedding(clip_vector(frames), frames, p.starts, p.ends, p.duration)
 
 
 def get_embedding(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .version import __version__
-from .api import batch_across, iter_file_patches
+from .api import batch_across, clip_vector, iter_file_patches
 from .device import resolve_precision
 from .errors import AudioError, CoalaEmbedError
 from .frontend import Patches
@@ -316,7 +316,7 @@ def run(
                 if opts.frames:
                     times = np.stack([np.concatenate([q.starts for q, _ in parts]),
                                       np.concatenate([q.ends for q, _ in parts])], axis=1)  # fmt: skip
-                results.append((entry, frames.mean(axis=0, keepdims=True), frames if opts.frames else None, times))
+                results.append((entry, clip_vector(frames)[None], frames if opts.frames else None, times))
                 audio_s += duration
             else:
                 partial.pop(i, None)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .api import _model, embed_patches
+from .api import _model, clip_vector, embed_patches
 from .errors import CoalaEmbedError
 from .frontend import prepare
 from .model import CoalaModel
@@ -105,7 +105,7 @@ def predict_tags(
     model = _model(model, None)
     vocab = _require_tags(model)
     p = prepare(audio, sr, model.config.frontend)
-    z = embed_patches(model, p.patches).mean(axis=0, keepdims=True)
+    z = clip_vector(embed_patches(model, p.patches))[None]
     scores = tag_scores(model, z, method=method)[0]
     best = torch.topk(scores, min(top_k, len(vocab)))
     return [(vocab[i], float(s)) for s, i in zip(best.values, best.indices)]

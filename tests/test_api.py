@@ -168,3 +168,15 @@ def test_public_names_load_on_first_use_without_torch_at_import():
     assert coala_embed.get_embedding is get_embedding and coala_embed.AudioError is AudioError
     with pytest.raises(AttributeError):
         coala_embed.no_such_name  # noqa: B018
+
+
+def test_one_clip_vector_function():
+    from coala_embed.api import clip_vector
+
+    frames = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
+    np.testing.assert_array_equal(clip_vector(frames), frames.mean(axis=0))
+    ms = clip_vector(frames, "meanstd")
+    assert ms.shape == (10,)
+    np.testing.assert_array_equal(ms[5:], frames.std(axis=0))
+    with pytest.raises(ValueError, match="stat must be"):
+        clip_vector(frames, "max")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from coala_embed import CoalaConfig, CoalaModel, load_model
-from coala_embed.api import embed_patches, file_patches
+from coala_embed.api import clip_vector, embed_patches, file_patches
 from coala_embed.config import FrontendConfig
 
 from .corpus import data_dir
@@ -64,11 +64,8 @@ def task_patches(task: str, rows: list[dict], cfg: FrontendConfig, cache: Path) 
 
 
 def clip_features(frames: np.ndarray, offsets: np.ndarray, stat: str) -> np.ndarray:
-    out = []
-    for a, b in zip(offsets[:-1], offsets[1:]):
-        x = frames[a:b]
-        out.append(np.concatenate([x.mean(0), x.std(0)]) if stat == "meanstd" else x.mean(0))
-    return np.stack(out).astype(np.float32)
+    """The clip vectors (``coala_embed.api.clip_vector``) of clips laid end to end in ``frames``."""
+    return np.stack([clip_vector(frames[a:b], stat) for a, b in zip(offsets[:-1], offsets[1:])]).astype(np.float32)
 
 
 def cached_features(
