@@ -63,9 +63,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_name() -> str:
-    """The CPU's model name and its widest vector ISA, e.g. ``AMD EPYC (AVX-512 BF16)`` or ``... (AVX2)``."""
+    """The CPU's model name and its widest vector ISA, e.g. ``AMD EPYC (AVX-512 BF16)`` or ``... (AVX2)``, and
+    the cap ``ONEDNN_MAX_CPU_ISA`` puts on oneDNN when it is set (``AMD EPYC (AVX-512 BF16, oneDNN capped at
+    AVX2)``: how the AVX2 path is tried on a newer CPU)."""
+    return _cpu_model() + _isa_suffix()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> str:
     name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
@@ -73,6 +79,10 @@ def cpu_name() -> str:
                 if line.startswith("model name"):
                     name = line.split(":", 1)[1].strip()
                     break
+    return name
+
+
+def _isa_suffix() -> str:
     flags = cpu_flags()
     if "amx_bf16" in flags:
         isa = "AMX + AVX-512 BF16"
@@ -84,7 +94,8 @@ def cpu_name() -> str:
         isa = "AVX2"
     else:
         isa = "no AVX2"
-    return f"{name} ({isa})"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    return f" ({isa}{f', oneDNN capped at {cap}' if cap else ''})"
 
 
 def bf16_native(device: torch.device | str = "cpu") -> bool:
