@@ -130,10 +130,14 @@ def get_embedding(
         emb = _finish(p, embed_patches(model, p.patches, batch_size))
     else:  # long arrays block by block, as long files: memory stays flat in the duration
         blocks = (mono[i : i + int(BLOCK_SECONDS * sr)] for i in range(0, len(mono), int(BLOCK_SECONDS * sr)))
-        parts = [(p, embed_patches(model, p.patches, batch_size)) for p in _stream(blocks, sr, cfg)]
-        p = Patches(torch.zeros(0), np.concatenate([q.starts for q, _ in parts]),
-                    np.concatenate([q.ends for q, _ in parts]), parts[-1][0].duration)  # fmt: skip
-        emb = _finish(p, np.concatenate([f for _, f in parts]))
+        starts, ends, embs, duration = [], [], [], 0.0
+        for q in _stream(blocks, sr, cfg):  # keep the times and embeddings of each block, not its patches
+            starts.append(q.starts)
+            ends.append(q.ends)
+            embs.append(embed_patches(model, q.patches, batch_size))
+            duration = q.duration
+        p = Patches(torch.zeros(0), np.concatenate(starts), np.concatenate(ends), duration)
+        emb = _finish(p, np.concatenate(embs))
     if frames:
         return emb.frames, np.stack([emb.starts, emb.ends], axis=1)
     return emb.clip

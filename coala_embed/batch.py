@@ -295,8 +295,9 @@ def run(
         dynamic_ncols=True,
     )
 
-    # The frames of a file whose parts are not all embedded yet: index -> [(patches, frames), ...]
-    partial: dict[int, list[tuple[Patches, np.ndarray]]] = {}
+    # A file whose parts are not all embedded yet: index -> [(starts, ends, frame embeddings), ...]; the patches
+    # themselves are not kept, so memory does not grow with the file's duration
+    partial: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
 
     def record(chunk: list[tuple[tuple[int, Path, bool], Patches | Exception, np.ndarray | None]]) -> None:
         """Collect embedded parts; write each file once its last part is in (or its error)."""
@@ -304,18 +305,18 @@ def run(
         results = []
         for (i, path, last), p, fr in chunk:
             if isinstance(p, Patches) and fr is not None:
-                partial.setdefault(i, []).append((p, fr))
+                partial.setdefault(i, []).append((p.starts, p.ends, fr))
                 if not last:
                     continue
                 parts = partial.pop(i)
-                frames = np.concatenate([f for _, f in parts])
-                duration = parts[-1][0].duration
+                frames = np.concatenate([f for _, _, f in parts])
+                duration = p.duration
                 entry = {"index": i, "path": str(path), "status": "ok", "duration": round(duration, 4),
                          "n_frames": len(frames)}  # fmt: skip
                 times = None
                 if opts.frames:
-                    times = np.stack([np.concatenate([q.starts for q, _ in parts]),
-                                      np.concatenate([q.ends for q, _ in parts])], axis=1)  # fmt: skip
+                    times = np.stack([np.concatenate([a for a, _, _ in parts]),
+                                      np.concatenate([b for _, b, _ in parts])], axis=1)  # fmt: skip
                 results.append((entry, clip_vector(frames)[None], frames if opts.frames else None, times))
                 audio_s += duration
             else:
