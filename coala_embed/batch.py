@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .version import __version__
 from .api import batch_across, clip_vector, iter_file_patches
 from .device import resolve_precision
 from .errors import AudioError, CoalaEmbedError
 from .frontend import Patches
 from .model import CoalaModel
+from .version import __version__
 
 STATE_SUFFIX = ".partial"
 FORMATS = ("npy", "npz")
@@ -302,7 +302,7 @@ def run(
     def record(chunk: list[tuple[tuple[int, Path, bool], Patches | Exception, np.ndarray | None]]) -> None:
         """Collect embedded parts; write each file once its last part is in (or its error)."""
         nonlocal audio_s
-        results = []
+        results: list[tuple[dict, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = []
         for (i, path, last), p, fr in chunk:
             if isinstance(p, Patches) and fr is not None:
                 partial.setdefault(i, []).append((p.starts, p.ends, fr))

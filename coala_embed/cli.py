@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from .version import __version__
 from .errors import CoalaEmbedError
+from .version import __version__
 
 # Exit status: 0 all done; 1 some input files failed (the others are done); 2 usage error (click's own);
 # 3 the run itself failed while writing (disk full, output removed): nothing half-written is left as the output.
