@@ -33,7 +33,7 @@ PY="${PYTHON:-python}"
 if [ "$SMOKE" = 1 ]; then
   DATA="$DATA/smoke"
   TRAIN_SET=(max_samples=512 min_samples=512 batch_size=32 checkpoint_steps=8)
-  EVAL_ARGS=(--seeds 2)
+  EVAL_ARGS=(--seeds 2 --recipe signal)
   SELECT_ARGS=(--seeds 1 --every 1)
   OUT="$DATA/weights"
 else
