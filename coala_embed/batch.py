@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -223,21 +224,35 @@ class _State:
 _END = object()  # a producer's last item: the file is complete
 
 
-def _produce(path: Path, model: CoalaModel, opts: Options, parts: queue.Queue) -> None:
+def _produce(path: Path, model: CoalaModel, opts: Options, parts: queue.Queue, stop: threading.Event) -> None:
     """Decode one file into ``parts`` block by block (a long file never sits whole in memory): each item is a
-    Patches of consecutive patches, then ``_END``; or an AudioError naming the file, which ends the file."""
+    Patches of consecutive patches, then ``_END``; or an error, which ends the file (an AudioError naming it for
+    anything a bad file can provoke). Gives up as soon as ``stop`` is set (the run ended early)."""
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                parts.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     try:
         n = 0
         for p in iter_file_patches(path, model.config.frontend, max_seconds=opts.max_hours * 3600):
             n += len(p.patches)
-            parts.put(p)
+            if not put(p):
+                return
         if n == 0:
             raise AudioError(f"{path}: gave no patches")
-        parts.put(_END)
+        put(_END)
     except CoalaEmbedError as e:
-        parts.put(e)
+        put(e)
     except (MemoryError, OSError, ValueError, RuntimeError) as e:  # anything a bad file can provoke
-        parts.put(AudioError(f"{path}: {type(e).__name__}: {e}"))
+        put(AudioError(f"{path}: {type(e).__name__}: {e}"))
+    except Exception as e:  # a bug, not a bad file: the consumer re-raises it
+        put(e)
 
 
 def model_info(model: CoalaModel) -> dict:
@@ -341,7 +356,7 @@ def run(
                 if nxt is None:
                     break
                 parts: queue.Queue = queue.Queue(maxsize=4)
-                pool.submit(_produce, nxt[1], model, opts, parts)
+                pool.submit(_produce, nxt[1], model, opts, parts, stop)
                 waiting.append((nxt[0], nxt[1], parts))
             if not waiting:
                 return
@@ -355,15 +370,21 @@ def run(
                     yield (i, path, True), empty
                     break
                 if isinstance(item, Exception):
+                    if not isinstance(item, CoalaEmbedError):
+                        raise item
                     yield (i, path, True), item
                     break
                 last_part = item
                 yield (i, path, False), item
 
+    stop = threading.Event()  # set when the loop ends, so that no producer waits on a full queue forever
     try:
         with ThreadPoolExecutor(max(1, opts.workers)) as pool:
-            for chunk in batch_across(decoded(pool), model, opts.batch_size, precision):
-                record(chunk)
+            try:
+                for chunk in batch_across(decoded(pool), model, opts.batch_size, precision):
+                    record(chunk)
+            finally:
+                stop.set()
     finally:
         bar.close()
     opts = dataclasses.replace(opts, precision=precision)

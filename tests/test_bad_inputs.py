@@ -248,3 +248,41 @@ def test_an_unknown_hub_id_offline_says_so(tmp_path, monkeypatch):
     sf.write(tmp_path / "in.wav", noise(1.0), SR)
     r = _run(tmp_path / "in.wav", "-o", tmp_path / "f.npy", "--weights", "nobody/no-such-model", "-q")
     assert r.exit_code == 2 and "nobody/no-such-model" in r.output and "offline" in r.output.lower(), r.output
+
+
+def test_a_write_failure_mid_run_exits_3_without_hanging_the_decoders(tmp_path, weights_dir, monkeypatch):
+    import threading
+
+    import coala_embed.batch as batch_mod
+    from coala_embed.api import STREAM_SECONDS
+
+    for i in range(3):  # long files: their producers block on full part queues when the loop stops
+        sf.write(tmp_path / f"long{i}.flac", noise(STREAM_SECONDS + 130, sr=8_000, seed=i), 8_000)
+
+    def disk_full(self, results):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(batch_mod._State, "append", disk_full)
+    out: dict = {}
+    t = threading.Thread(
+        target=lambda: out.update(
+            r=_run(
+                tmp_path,
+                "-o",
+                tmp_path / "o" / "f.npy",
+                "--weights",
+                weights_dir,
+                "-q",
+                "--workers",
+                "2",
+                "--batch-size",
+                "4",
+            )
+        ),  # fmt: skip
+        daemon=True,
+    )
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive(), "the run hung after the write failure"
+    r = out["r"]
+    assert r.exit_code == 3 and "No space left on device" in r.output and "--resume" in r.output, r.output
