@@ -172,7 +172,7 @@ def dither(n: int, cfg: FrontendConfig) -> np.ndarray:
 
     Every call starts the generator afresh, so ``dither(n)`` is the first ``n`` values of one fixed sequence:
     the first ``DITHER_CACHE_SECONDS`` of it are computed once per setting and sliced (read-only), which
-    saves drawing ~1 ns per sample for every clip; longer requests are drawn as before.
+    saves drawing ~1 ns per sample for every clip; longer requests are drawn in full.
     """
     cached = _dither_prefix(cfg.noise_seed, cfg.pad_noise, int(DITHER_CACHE_SECONDS * cfg.sample_rate))
     if n <= len(cached):

@@ -33,7 +33,7 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "openarena-data": ("GPL-2+", ()),
     "freedoom": ("BSD-3-clause", ()),
     "openttd-opensfx": ("CC-Sampling-Plus-1.0", ()),
-    # Added for the second corpus (session 3): more games, more varied effects, ambiences and voices.
+    # More games: more varied effects, ambiences and voices.
     "freedroidrpg-data": ("GPL-2+ / GPL-3 / Expat / BSD-3-clause", ()),
     "cube2-data": ("CC-BY-3.0 / CC-BY-SA / public domain", ()),
     "flare-game": ("CC-BY-SA-3.0+ / GPL-3+", ()),
@@ -55,9 +55,7 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "nexuiz-data": ("GPL-2+", ()),
 }
 # Varied speech, opt-in (`python -m training.corpus --speech`): gcin-voice speaks Mandarin syllables in two voices.
-# A corpus with it and KLettres (session 4, before KLettres became the `languages` evaluation task) raised the
-# validation scores on digits and events but lowered instruments, and its best mean stayed under the shipped run's
-# (68.9 vs 69.5; training/README.md), so the default corpus does not include it.
+# The default corpus does not include it: a corpus with it did not beat the shipped run (training/README.md).
 SPEECH_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gcin-voice": ("GPL-3 / LGPL-3 / CC-BY-3.0", ("speech", "voice", "spoken", "chinese", "mandarin", "syllable")),
 }
@@ -75,8 +73,8 @@ SOUNDFONTS: dict[str, tuple[str, str]] = {
 }
 
 # Opt-in (`python -m training.corpus --fm-notes`): the same GM notes from an OPL3 FM-synthesis soundfont, timbres
-# unlike the sampled ones, tried to give each GM family more varied voicings (session 4, with the speech packages:
-# instruments 2-3 points over speech alone, best mean 68.7 still under the shipped run's 69.5; training/README.md).
+# unlike the sampled ones, to give each GM family more varied voicings (not in the default corpus; results log in
+# training/README.md).
 FM_SOUNDFONTS: dict[str, tuple[str, str]] = {
     "opl3-soundfont": ("CC-BY-SA-4.0", "usr/share/sounds/sf2/OPL-3_FM_128M.sf2"),
 }
