@@ -1,4 +1,4 @@
-"""The paper's downstream evaluation (SPEC.md section 7) on the three held-out tasks of ``training/tasks.py``.
+"""The paper's downstream evaluation (SPEC.md section 7) on the held-out tasks of ``training/tasks.py``.
 
 For each embedding (a trained run or exported folder, the same encoder with random weights, the MFCC
 baseline) and each clip recipe (pooling mode, patch hop, mean or mean+std of the patch embeddings):
