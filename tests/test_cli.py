@@ -70,6 +70,19 @@ def test_a_long_file_streamed_through_the_cli_equals_the_api(weights_dir, tmp_pa
     assert manifest(out)["files"][0]["n_frames"] == len(ref.frames) > 80 and np.abs(ref.frames).sum() > 0
 
 
+def test_cli_frames_with_a_finer_hop(weights_dir, tmp_path):
+    sf.write(tmp_path / "a.wav", noise(5.0), 22_000)
+    out = tmp_path / "f.npz"
+    r = run(tmp_path / "a.wav", "-o", out, "--weights", weights_dir, "-q", "--frames", "--hop", "2")
+    assert r.exit_code == 0, r.output
+    z = np.load(out)
+    steps = np.diff(z["frame_times"][:, 0])
+    np.testing.assert_allclose(steps[:-1], 2 * 512 / 22_000)  # the last patch ends on the last frame: a shorter step
+    assert 0 < steps[-1] <= 2 * 512 / 22_000 + 1e-9
+    assert manifest(out)["frontend"]["chunk_hop"] == 2
+    assert run(tmp_path / "a.wav", "-o", tmp_path / "g.npz", "--hop", "0", "-q").exit_code == 2
+
+
 def test_bad_files_do_not_stop_the_run(audio_dir, weights_dir, tmp_path):
     (audio_dir / "corrupt.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage")
     (audio_dir / "text.flac").write_text("not audio")

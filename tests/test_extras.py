@@ -137,6 +137,29 @@ def test_hear_timestamp_embeddings(hear_model):
     torch.testing.assert_close(alone[0], emb[1], atol=1e-5, rtol=0)
 
 
+def test_hear_finer_hop_for_event_detection(weights_dir):
+    m = hear.load_model(str(weights_dir), device="cpu", hop_frames=2)
+    audio = torch.from_numpy(noise(4.0, 22_050, seed=2)[None])
+    emb, ts = hear.get_timestamp_embeddings(audio, m)
+    step = np.diff(ts[0].numpy())
+    np.testing.assert_allclose(step, 2 * 512 / 22_000 * 1000)  # 46.5 ms, under HEAR's advised 50 ms
+    coarse, ts12 = hear.get_timestamp_embeddings(audio, hear.load_model(str(weights_dir), device="cpu"))
+    # every 6th fine timestamp is a coarse one, with the same embedding
+    torch.testing.assert_close(emb[0, ::6][: coarse.shape[1]], coarse[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ts[0, ::6][: ts12.shape[1]].numpy(), ts12[0].numpy())
+
+
+def test_get_embedding_frames_with_a_finer_hop(model):
+    from coala_embed import get_embedding
+
+    x = noise(6.0, 22_000, seed=3)
+    fine, t_fine = get_embedding(x, 22_000, model=model, frames=True, hop_frames=2)
+    coarse, t_coarse = get_embedding(x, 22_000, model=model, frames=True)
+    np.testing.assert_allclose(np.diff(t_fine[:, 0])[:-1], 2 * 512 / 22_000)  # the last patch ends on the last frame
+    assert len(fine) > 20 * len(coarse)
+    np.testing.assert_allclose(fine[0], coarse[0], atol=1e-5)  # the first patch is the same patch
+
+
 def test_hear_scene_embeddings(hear_model):
     audio = torch.from_numpy(np.stack([noise(3.0, 22_050), sine(300, 3.0, 22_050), sine(900, 3.0, 22_050)]))
     scene = hear.get_scene_embeddings(audio, hear_model)
