@@ -7,9 +7,10 @@
   0 / 1 / 2-4 of a stratified group 5-fold split (seed 0).
 * ``instruments``: GM notes rendered with fluidsynth from musescore-general-soundfont, 16 GM families;
   split by program, so test instruments are unseen: per family 2 programs test, 2 validation, 4 train.
-* ``drums``: GM drum notes rendered from the same soundfont's drum kits, 11 classes (kick, snare, tom, hi-hat,
-  cymbal, ...); split by kit family, so test kits are unseen: Room and Jazz kits test, Power and Brush kits
-  validation, Standard, Electronic, TR-808 and Orchestra kits train.
+* ``drums``: GM drum notes rendered from the same soundfont's drum kits, 29 classes (the GM percussion names:
+  bass drum, snare drum, closed / pedal / open hihat, crash / ride / china / splash cymbal, conga, bongo, ...);
+  split by kit family, so test kits are unseen: Room and Jazz kits test, Power and Brush kits validation,
+  Standard, Electronic, TR-808 and Orchestra kits train.
 * ``languages``: KLettres (klettres-data) letters and syllables read aloud, one voice per language folder, 20 classes
   (speech: language and speaker identification); stratified 50/25/25 train/validation/test (seed 0).
 
@@ -38,38 +39,6 @@ from .notes import GM_DRUMS, GM_FAMILIES, GM_PROGRAMS, render_notes
 
 log = logging.getLogger("training.tasks")
 TASKS = ("digits", "events", "instruments", "drums", "languages")
-# GM drum note names (notes.GM_DRUMS) -> class of the drums task
-DRUM_CLASSES = {
-    "bass drum": "kick",
-    "snare drum": "snare",
-    "side stick": "snare",
-    "hand clap": "clap",
-    "floor tom": "tom",
-    "tom": "tom",
-    "closed hihat": "hihat",
-    "pedal hihat": "hihat",
-    "open hihat": "hihat",
-    "crash cymbal": "cymbal",
-    "ride cymbal": "cymbal",
-    "china cymbal": "cymbal",
-    "splash cymbal": "cymbal",
-    "ride bell": "cymbal",
-    "bongo": "hand_drum",
-    "conga": "hand_drum",
-    "timbale": "hand_drum",
-    "cuica": "hand_drum",
-    "tambourine": "shaker",
-    "cabasa": "shaker",
-    "maracas": "shaker",
-    "guiro": "shaker",
-    "claves": "wood",
-    "woodblock": "wood",
-    "cowbell": "metal",
-    "agogo": "metal",
-    "triangle": "metal",
-    "vibraslap": "metal",
-    "whistle": "whistle",
-}
 # Drum kits of MuseScore_General (bank 128 presets) by split: whole kit families are held out
 DRUM_KITS = {
     "train": {
@@ -250,12 +219,12 @@ def build_drums(data: Path) -> Path:
         if np.abs(audio).max() < 1e-3:  # the kit has no sample for this note
             continue
         split, name = split_of[n["program"]]
-        rows.append({"path": str(path), "label": DRUM_CLASSES[GM_DRUMS[n["pitch"]]], "split": split, "group": name})
+        rows.append({"path": str(path), "label": GM_DRUMS[n["pitch"]].replace(" ", "_"), "split": split, "group": name})
     card = {"task": "drums", "source": f"musescore-general-soundfont {version} ({soundfont.name}, MIT), drum kits "
             "(bank 128) rendered with fluidsynth",
             "split_rule": "by kit family: Room and Jazz kits test, Power and Brush kits validation, the rest train; "
                           "GM drum notes 35-81, velocities 60, 90 and 120, 2 s notes in 3 s clips",
-            "kits": {split: list(named.values()) for split, named in DRUM_KITS.items()}, "class_map": DRUM_CLASSES}  # fmt: skip
+            "kits": {split: list(named.values()) for split, named in DRUM_KITS.items()}}  # fmt: skip
     write_task(out, rows, card)
     return out
 
