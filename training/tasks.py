@@ -169,15 +169,31 @@ def build_events(data: Path) -> Path:
     return out
 
 
-def build_instruments(data: Path) -> Path:
-    out = data / "tasks" / "instruments"
-    if (out / "task.csv").exists():
-        return out
+def _evaluation_soundfont(data: Path) -> tuple[str, Path]:
+    """musescore-general-soundfont (an evaluation package): its version and its soundfont file."""
     version, root = _evaluation_package(data, "musescore-general-soundfont")
     sf_files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".sf2", ".sf3"))
     if not sf_files:
         raise SystemExit(f"no soundfont in {root}")
-    soundfont = sf_files[0]
+    return version, sf_files[0]
+
+
+def _audible_notes(soundfont: Path, notes: list[dict], folder: Path, prefix: str) -> list[tuple[Path, dict]]:
+    """Render ``notes`` into ``folder`` and keep those that sound: a program or kit without a sample for a
+    pitch renders silence."""
+    out = []
+    for path, n in zip(render_notes(soundfont, notes, folder, prefix), notes):
+        audio, _ = sf.read(path, dtype="float32")
+        if np.abs(audio).max() >= 1e-3:
+            out.append((path, n))
+    return out
+
+
+def build_instruments(data: Path) -> Path:
+    out = data / "tasks" / "instruments"
+    if (out / "task.csv").exists():
+        return out
+    version, soundfont = _evaluation_soundfont(data)
     rng = np.random.default_rng(0)
     split_of = {}
     for fam in range(16):
@@ -186,12 +202,8 @@ def build_instruments(data: Path) -> Path:
             split_of[int(p)] = "test" if k < 2 else ("val" if k < 4 else "train")
     notes = [{"channel": 0, "program": p, "pitch": pitch, "velocity": vel}
              for p in range(128) for pitch in range(36, 85, 4) for vel in (80, 120)]  # fmt: skip
-    paths = render_notes(soundfont, notes, out / "audio", "note")
     rows = []
-    for path, n in zip(paths, notes):
-        audio, _ = sf.read(path, dtype="float32")
-        if np.abs(audio).max() < 1e-3:  # silent: the program has no sample at this pitch
-            continue
+    for path, n in _audible_notes(soundfont, notes, out / "audio", "note"):
         rows.append({"path": str(path), "label": GM_FAMILIES[n["program"] // 8].replace(" ", "_"), "split": split_of[n["program"]],
                      "group": GM_PROGRAMS[n["program"]]})  # fmt: skip
     card = {"task": "instruments", "source": f"musescore-general-soundfont {version} "
@@ -206,18 +218,13 @@ def build_drums(data: Path) -> Path:
     out = data / "tasks" / "drums"
     if (out / "task.csv").exists():
         return out
-    version, root = _evaluation_package(data, "musescore-general-soundfont")
-    soundfont = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".sf2", ".sf3"))[0]
+    version, soundfont = _evaluation_soundfont(data)
     kits = [(split, kit, name) for split, named in DRUM_KITS.items() for kit, name in named.items()]
     notes = [{"channel": 9, "program": kit, "pitch": pitch, "velocity": vel}
              for _, kit, _ in kits for pitch in GM_DRUMS for vel in (60, 90, 120)]  # fmt: skip
-    paths = render_notes(soundfont, notes, out / "audio", "drum")
     split_of = {kit: (split, name) for split, kit, name in kits}
     rows = []
-    for path, n in zip(paths, notes):
-        audio, _ = sf.read(path, dtype="float32")
-        if np.abs(audio).max() < 1e-3:  # the kit has no sample for this note
-            continue
+    for path, n in _audible_notes(soundfont, notes, out / "audio", "drum"):
         split, name = split_of[n["program"]]
         rows.append({"path": str(path), "label": GM_DRUMS[n["pitch"]].replace(" ", "_"), "split": split, "group": name})
     card = {"task": "drums", "source": f"musescore-general-soundfont {version} ({soundfont.name}, MIT), drum kits "
