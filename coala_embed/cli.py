@@ -19,7 +19,7 @@ EXIT_FAILED_FILES, EXIT_RUN_FAILED = 1, 3
 
 class _DefaultGroup(click.Group):
     """A group whose default command is ``embed``: ``coala-embed DIR -o feats.npy`` means
-    ``coala-embed embed DIR -o feats.npy``; ``merge``, ``tags`` and ``search`` are subcommands."""
+    ``coala-embed embed DIR -o feats.npy``; the other commands are subcommands."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
@@ -39,6 +39,9 @@ def main() -> None:
       coala-embed tags dog.wav                       zero-shot tags of a sound
       coala-embed search feats.npy "animal growl"    rank embedded files by words
       coala-embed vocab                              the words tags and search know
+      coala-embed map feats.npy -o map.html          an interactive map of the collection
+      coala-embed neighbours feats.npy dog.wav       the most similar embedded files
+      coala-embed duplicates feats.npy               groups of near-duplicate files
       coala-embed convert --audio-encoder a.pt ...   the authors' checkpoints to safetensors
 
     Run `coala-embed embed --help` for all options of the default command.
@@ -406,29 +409,18 @@ def search_cmd(features, query, top_k, weights, device) -> None:
     \b
     Output: one line per hit, "SCORE  FILE", best first. Example:
       coala-embed examples/ -o feats.npy && coala-embed search feats.npy "drum hit" -k 3"""
-    import json
-
-    import numpy as np
-
     from .batch import manifest_path
+    from .collection import load_collection, read_features
     from .tags import search
 
     try:
-        data = np.load(features, allow_pickle=False)
-        emb = data["embeddings"] if isinstance(data, np.lib.npyio.NpzFile) else data
-        if emb.ndim != 2:
-            raise ValueError(f"holds an array of shape {emb.shape}, not [files, dim]")
-    except (OSError, ValueError, KeyError) as e:
-        raise click.UsageError(f"{features} is not a .npy/.npz output of coala-embed ({e})") from e
-    paths = {}
-    mpath = manifest_path(features)
-    if mpath.exists():
-        m = json.loads(mpath.read_text())
-        if m.get("output") != features.name:
-            raise click.UsageError(
-                f"{mpath} describes {m.get('output')}, not {features.name}; its names would be wrong"
-            )
-        paths = {f["row"]: f["path"] for f in m["files"] if f["status"] == "ok"}
+        if manifest_path(features).exists():
+            coll = load_collection(features)
+            emb, paths = coll.embeddings, dict(enumerate(coll.paths))
+        else:
+            emb, paths = read_features(features), {}
+    except CoalaEmbedError as e:
+        raise click.UsageError(str(e)) from e
     model = _load(weights, device)
     try:
         hits = search(query, emb, model=model, top_k=top_k)
@@ -436,6 +428,141 @@ def search_cmd(features, query, top_k, weights, device) -> None:
         raise click.UsageError(str(e)) from e
     for row, score in hits:
         click.echo(f"{score:.3f}  {paths.get(row, f'row {row}')}")
+
+
+def _collection(features: Path):
+    from .collection import load_collection
+
+    try:
+        return load_collection(features)
+    except CoalaEmbedError as e:
+        raise click.UsageError(str(e)) from e
+
+
+_FEATURES = click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+_WEIGHTS = click.option(
+    "--weights",
+    default=None,
+    help="The checkpoint that made FEATURES [default: $COALA_EMBED_WEIGHTS, then the bundled model].",
+)
+
+
+@main.command("map")
+@_FEATURES
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The HTML page to write (one self-contained file).")  # fmt: skip
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with columns path,label to colour the points [default: top-level folder].")  # fmt: skip
+@click.option("--projection", type=click.Choice(["auto", "umap", "tsne", "pca"]), default="auto", show_default=True,
+              help="auto: UMAP when umap-learn is installed, else t-SNE up to 20,000 points, else PCA.")  # fmt: skip
+@click.option("--embed-audio", is_flag=True, help="Put the sounds into the page (small collections, up to 200 MB).")
+@click.option(
+    "--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a static picture (matplotlib)."
+)
+@click.option("--title", help="Page title [default: the features file and the number of sounds].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the projection.")
+@_WEIGHTS
+def map_cmd(features, out, labels, projection, embed_audio, png, title, seed, weights) -> None:
+    """Draw the sounds of FEATURES (an output of `coala-embed`, read with its manifest) as an interactive 2-D map
+    in one HTML page: hover a point for its file, duration and top tags, click it to play the sound, type words
+    to keep the sounds whose tags or file names hold them. No network is needed to open the page; without
+    --embed-audio it plays the files from their place relative to the page.
+
+    \b
+    Example:
+      coala-embed sounds/ -o feats.npy && coala-embed map feats.npy -o map.html --png map.png"""
+    from .soundmap import build_page, read_labels, write_png
+
+    coll = _collection(features)
+    model = _load(weights, "cpu")
+    try:
+        groups = read_labels(labels, coll) if labels else None
+        info = build_page(coll, out, model=model, labels=groups, method=projection, embed_audio=embed_audio,
+                          title=title, seed=seed)  # fmt: skip
+        if png:
+            write_png(coll, png, labels=groups, method=projection, seed=seed)
+    except CoalaEmbedError as e:
+        raise click.UsageError(str(e)) from e
+    click.echo(
+        f"{out}: {info['points']:,} sounds, {info['groups']} groups, {info['method']} in {info['seconds']:.1f} s, "
+        f"{info['bytes'] / 2**20:.1f} MB" + (f"; {png}" if png else ""),
+        err=True,
+    )
+
+
+@main.command("neighbours")
+@_FEATURES
+@click.argument("query")
+@click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours to list.")
+@_WEIGHTS
+@click.option("--device", default="auto", show_default=True)
+def neighbours_cmd(features, query, top_k, weights, device) -> None:
+    """List the files of FEATURES most similar to QUERY: a file of the collection (its path as the manifest names
+    it, or its file name when that is unique) or any audio file, which is embedded first.
+
+    \b
+    Output: one line per neighbour, "COSINE  FILE", most similar first (QUERY itself is left out).
+    Example:
+      coala-embed neighbours feats.npy sounds/dog/bark1.wav -k 5"""
+
+    from .collection import neighbours
+
+    coll = _collection(features)
+    rows = [i for i, p in enumerate(coll.paths) if p == query]
+    if not rows:
+        same = [i for i, p in enumerate(coll.paths) if Path(p).name == Path(query).name]
+        target = Path(query).absolute()
+        rows = [i for i in same if coll.resolve(i) == target] or (same if len(same) == 1 else [])
+    if rows:
+        vec = coll.embeddings[rows[0]]
+    elif Path(query).is_file():
+        from .api import embed_file
+
+        model = _load(weights, device)
+        try:
+            vec = embed_file(query, model=model).clip
+        except CoalaEmbedError as e:
+            raise click.UsageError(f"cannot embed {query}: {e}") from e
+        if vec.shape[-1] != coll.embeddings.shape[1]:
+            raise click.UsageError(
+                f"{query} embeds to {vec.shape[-1]} dimensions, {features} has {coll.embeddings.shape[1]}"
+            )
+    else:
+        raise click.UsageError(f"{query} is neither a file of {features.name} nor an audio file")
+    for i, sim in neighbours(coll.embeddings, vec, top_k + len(rows[:1])):
+        if rows and i == rows[0]:
+            continue
+        click.echo(f"{sim:.4f}  {coll.paths[i]}")
+
+
+@main.command("duplicates")
+@_FEATURES
+@click.option("--threshold", default=0.98, show_default=True, type=click.FloatRange(-1, 1),
+              help="Cosine similarity from which two files count as the same sound.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON (lists of paths).")
+def duplicates_cmd(features, threshold, as_json) -> None:
+    """Find groups of near-duplicates in FEATURES: files whose embeddings have a cosine similarity of at least
+    --threshold (re-encodes, resampled copies, the same sound under two names).
+
+    \b
+    Output: one group per paragraph, largest first, "COSINE  FILE" per file (the similarity to the group's
+    first file). Exit status 0 whether or not duplicates were found. Example:
+      coala-embed duplicates feats.npy --threshold 0.99"""
+    import json
+
+    from .collection import duplicates, normalized
+
+    coll = _collection(features)
+    groups = duplicates(coll.embeddings, threshold)
+    if as_json:
+        click.echo(json.dumps([[coll.paths[i] for i in g] for g in groups], indent=1))
+        return
+    x = normalized(coll.embeddings)
+    for g in groups:
+        for i in g:
+            click.echo(f"{float(x[g[0]] @ x[i]):.4f}  {coll.paths[i]}")
+        click.echo("")
+    click.echo(f"{len(groups)} groups, {sum(map(len, groups))} files of {len(coll)}", err=True)
 
 
 @main.command("vocab")

@@ -1,0 +1,191 @@
+"""A collection of embedded files (an output of ``coala-embed`` with its manifest): loading it, nearest
+neighbours, groups of near-duplicates and the 2-D projection behind ``coala-embed map``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .batch import manifest_path
+from .errors import CoalaEmbedError
+
+PROJECTIONS = ("auto", "umap", "tsne", "pca")
+# t-SNE above this many points takes minutes on two cores (bench/soundmap.py); "auto" then uses PCA when
+# umap-learn is missing
+TSNE_MAX_POINTS = 20_000
+
+
+@dataclass
+class Collection:
+    """The rows of a features file and the files they came from (in row order)."""
+
+    embeddings: np.ndarray  # [N, D] float32
+    paths: list[str]  # each row's file as the manifest names it
+    durations: np.ndarray  # [N] seconds; NaN where the manifest has none
+    features: Path  # the .npy/.npz file
+    model: str = ""  # the checkpoint that made it, as the manifest names it
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def resolve(self, i: int) -> Path:
+        """The file of row ``i`` on this machine: absolute as given, else relative to the working folder, else
+        to the features file's folder."""
+        p = Path(self.paths[i])
+        if p.is_absolute() or p.exists():
+            return p.absolute()
+        return (self.features.parent / p).absolute()
+
+
+def read_features(features: Path) -> np.ndarray:
+    """The embedding matrix ``[N, D]`` of a .npy/.npz output of coala-embed (never unpickles).
+
+    Raises:
+        CoalaEmbedError: the file cannot be read or holds no 2-D matrix.
+    """
+    try:
+        data = np.load(features, allow_pickle=False)
+        emb = data["embeddings"] if isinstance(data, np.lib.npyio.NpzFile) else data
+    except (OSError, ValueError, KeyError) as e:
+        raise CoalaEmbedError(f"{features} is not a .npy/.npz output of coala-embed ({e})") from e
+    if emb.ndim != 2:
+        raise CoalaEmbedError(f"{features} holds an array of shape {emb.shape}, not [files, dim]")
+    return np.asarray(emb, np.float32)
+
+
+def load_collection(features: str | os.PathLike) -> Collection:
+    """Read a features file and the manifest beside it (``feats.npy`` -> ``feats.manifest.json``).
+
+    Raises:
+        CoalaEmbedError: no manifest, a manifest of another output, or rows and manifest that disagree.
+    """
+    features = Path(features)
+    emb = read_features(features)
+    mpath = manifest_path(features)
+    if not mpath.exists():
+        raise CoalaEmbedError(f"{features}: its manifest {mpath.name} is missing (it names the file of each row)")
+    try:
+        m = json.loads(mpath.read_text())
+        files = [f for f in m["files"] if f.get("status") == "ok"]
+        rows = sorted(files, key=lambda f: f["row"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CoalaEmbedError(f"{mpath} is not a coala-embed manifest ({e})") from e
+    if m.get("output") != features.name:
+        raise CoalaEmbedError(f"{mpath} describes {m.get('output')}, not {features.name}")
+    if [f["row"] for f in rows] != list(range(len(emb))):
+        raise CoalaEmbedError(
+            f"{features} has {len(emb)} rows but its manifest lists {len(rows)} embedded files; "
+            "they do not belong together"
+        )
+    durations = np.array([f.get("duration", np.nan) for f in rows], np.float64)
+    model = m.get("model") if isinstance(m.get("model"), dict) else {}
+    return Collection(emb, [f["path"] for f in rows], durations, features, str(model.get("source") or ""))
+
+
+def normalized(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), float32."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def neighbours(embeddings: np.ndarray, query: np.ndarray, k: int = 10) -> list[tuple[int, float]]:
+    """The ``k`` rows of ``embeddings`` with the highest cosine similarity to ``query`` ``[D]``, best first."""
+    sims = normalized(embeddings) @ normalized(query[None])[0]
+    k = min(k, len(sims))
+    best = np.argpartition(-sims, k - 1)[:k] if k < len(sims) else np.arange(len(sims))
+    best = best[np.argsort(-sims[best], kind="stable")]
+    return [(int(i), float(sims[i])) for i in best]
+
+
+def duplicates(embeddings: np.ndarray, threshold: float = 0.98, block: int = 2048) -> list[list[int]]:
+    """Groups of rows whose cosine similarity is at least ``threshold``, joined transitively (a group holds every
+    row linked to another of it by such a pair); largest groups first, rows in order.
+
+    Compares every pair in blocks of ``block`` rows: ``N**2 * D / 2`` multiply-adds (``bench/soundmap.py`` times
+    it).
+    """
+    x = normalized(embeddings)
+    parent = list(range(len(x)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a in range(0, len(x), block):
+        sims = x[a : a + block] @ x[a:].T  # only pairs (i, j) with j >= i
+        ii, jj = np.nonzero(sims >= threshold)
+        for i, j in zip((ii + a).tolist(), (jj + a).tolist()):
+            if j > i:
+                ri, rj = find(i), find(j)
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for row in range(len(x)):
+        groups.setdefault(find(row), []).append(row)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+
+
+def available_projection(method: str, n: int) -> str:
+    """The projection ``method`` resolves to for ``n`` points: ``"auto"`` is UMAP when umap-learn is installed,
+    else t-SNE up to ``TSNE_MAX_POINTS`` points when scikit-learn is, else PCA.
+
+    Raises:
+        CoalaEmbedError: an unknown method, or one whose library is missing (naming the extra to install).
+    """
+    import importlib.util
+
+    if method not in PROJECTIONS:
+        raise CoalaEmbedError(f"projection must be one of {PROJECTIONS}, got {method!r}")
+    has = {m: importlib.util.find_spec(lib) is not None for m, lib in (("umap", "umap"), ("tsne", "sklearn"))}
+    if method == "auto":
+        return "umap" if has["umap"] else "tsne" if has["tsne"] and n <= TSNE_MAX_POINTS else "pca"
+    if method != "pca" and not has[method]:
+        lib = {"umap": "umap-learn", "tsne": "scikit-learn"}[method]
+        raise CoalaEmbedError(f"projection {method!r} needs {lib}: pip install 'coala-embed[map]'")
+    return method
+
+
+def project(embeddings: np.ndarray, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str, float]:
+    """2-D coordinates ``[N, 2]`` of the rows (cosine geometry: rows are normalized first), the method used
+    and its seconds. All methods start from the 50 leading principal components, and are seeded."""
+    t0 = time.time()
+    x = normalized(embeddings)
+    n = len(x)
+    method = available_projection(method, n)
+    if n < 3:
+        return np.zeros((n, 2), np.float32), "pca", time.time() - t0
+    x = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False) if n <= 5000 else _randomized_svd(x, 50, seed)
+    pcs = (u[:, :50] * s[:50]).astype(np.float32)
+    if n < 5:  # too few points for a neighbour graph
+        method = "pca"
+    if method == "pca":
+        xy = pcs[:, :2]
+    elif method == "tsne":
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed).fit_transform(pcs)
+    else:
+        import umap  # type: ignore[import-untyped]
+
+        xy = umap.UMAP(n_neighbors=min(15, n - 1), random_state=seed, n_jobs=1).fit_transform(pcs)
+    if xy.shape[1] < 2:
+        xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
+    return np.asarray(xy, np.float32), method, time.time() - t0
+
+
+def _randomized_svd(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leading ``k`` singular triplets by a randomized range finder (Halko et al.), for many rows."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(x @ rng.standard_normal((x.shape[1], k + 10)).astype(np.float32))
+    for _ in range(2):
+        q, _ = np.linalg.qr(x @ (x.T @ q))
+    u, s, vt = np.linalg.svd(q.T @ x, full_matrices=False)
+    return (q @ u)[:, :k], s[:k], vt[:k]

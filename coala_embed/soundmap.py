@@ -1,0 +1,339 @@
+"""``coala-embed map``: one self-contained HTML page that draws a collection's clip embeddings in 2-D.
+
+Points are coloured by top-level folder (or by labels from a CSV); hovering shows the file, its duration and its
+top tags in the co-aligned tag space; clicking plays the sound; a search box keeps the points whose top tags (or
+file paths) hold every word typed. The page has no dependency and makes no network request: the data sits in
+the page as JSON and a plain canvas draws it, so 100,000 points stay responsive.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import mimetypes
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .collection import Collection, project
+from .errors import CoalaEmbedError
+from .model import CoalaModel
+
+TOP_TAGS = 8  # tags kept per point for hover and search
+# The "tab20"-like categorical palette; groups beyond it share OTHER_COLOUR
+PALETTE = (
+    "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #17becf #bcbd22 #7f7f7f "
+    "#aec7e8 #ffbb78 #98df8a #ff9896 #c5b0d5 #c49c94 #f7b6d2 #9edae5 #dbdb8d"
+).split()
+OTHER_COLOUR = "#c8c8c8"
+MAX_EMBEDDED_AUDIO = 200 * 2**20  # bytes of audio --embed-audio puts into one page
+
+
+def folder_groups(coll: Collection) -> list[str]:
+    """Each row's top-level folder below the collection's common folder ("." for files directly in it)."""
+    paths = [str(coll.resolve(i)) for i in range(len(coll))]
+    if not paths:
+        return []
+    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    groups = []
+    for p in paths:
+        parts = Path(os.path.relpath(p, root)).parts
+        groups.append(parts[0] if len(parts) > 1 else ".")
+    return groups
+
+
+def read_labels(path: Path, coll: Collection) -> list[str]:
+    """Labels from a CSV with columns ``path`` and ``label``; rows are matched by the path as the manifest
+    names it, else by the resolved path, else by the file name. Unlisted files get ``"(no label)"``.
+
+    Raises:
+        CoalaEmbedError: the CSV cannot be read, lacks the columns, or matches no file.
+    """
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise CoalaEmbedError(f"{path}: needs the columns 'path' and 'label', has {reader.fieldnames}")
+            table = {r["path"]: r["label"] for r in reader}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise CoalaEmbedError(f"cannot read labels from {path}: {e}") from e
+    by_name = {Path(p).name: v for p, v in table.items()}
+    by_abs = {str(Path(p).absolute()): v for p, v in table.items()}
+    out = []
+    for i, p in enumerate(coll.paths):
+        label = table.get(p) or by_abs.get(str(coll.resolve(i))) or by_name.get(Path(p).name)
+        out.append(label if label is not None else "(no label)")
+    if table and all(v == "(no label)" for v in out):
+        raise CoalaEmbedError(f"{path}: none of its {len(table)} paths is a file of {coll.features.name}")
+    return out
+
+
+def top_tags(model: CoalaModel, embeddings: np.ndarray, k: int = TOP_TAGS) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The vocabulary and, per row, the indices ``[N, k]`` and scores ``[N, k]`` of its best tags
+    (``tags.tag_scores``), in blocks so that 100,000 rows fit in memory."""
+    from .tags import tag_scores
+
+    vocab = list(model.config.tags)
+    if not vocab or model.tag is None:
+        return [], np.zeros((len(embeddings), 0), np.int64), np.zeros((len(embeddings), 0), np.float32)
+    d = model.config.model.embedding_dim
+    idx, val = [], []
+    for a in range(0, len(embeddings), 4096):
+        s = tag_scores(model, embeddings[a : a + 4096, :d])
+        v, i = s.topk(min(k, len(vocab)), dim=1)
+        idx.append(i.numpy())
+        val.append(v.numpy())
+    return vocab, np.concatenate(idx), np.concatenate(val)
+
+
+def _audio_links(coll: Collection, out: Path, embed: bool) -> tuple[list[str], list[int], list[str]]:
+    """Folders, per-row folder index and per-row file reference: a path relative to the page, or with ``embed``
+    the file itself as a data URI."""
+    if embed:
+        total = sum(coll.resolve(i).stat().st_size for i in range(len(coll)) if coll.resolve(i).exists())
+        if total > MAX_EMBEDDED_AUDIO:
+            raise CoalaEmbedError(
+                f"--embed-audio would put {total / 2**20:.0f} MB of audio into the page (limit "
+                f"{MAX_EMBEDDED_AUDIO // 2**20} MB); leave it out and keep the page beside the files"
+            )
+        refs = []
+        for i in range(len(coll)):
+            p = coll.resolve(i)
+            mime = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
+            data = base64.b64encode(p.read_bytes()).decode() if p.exists() else ""
+            refs.append(f"data:{mime};base64,{data}" if data else "")
+        return [""], [0] * len(coll), refs
+    dirs: dict[str, int] = {}
+    index, names = [], []
+    base = out.absolute().parent
+    for i in range(len(coll)):
+        rel = Path(os.path.relpath(coll.resolve(i), base))
+        index.append(dirs.setdefault(rel.parent.as_posix(), len(dirs)))
+        names.append(rel.name)
+    return list(dirs), index, names
+
+
+def build_page(
+    coll: Collection,
+    out: Path,
+    *,
+    model: CoalaModel | None,
+    labels: list[str] | None = None,
+    method: str = "auto",
+    embed_audio: bool = False,
+    title: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """Write the map of ``coll`` to ``out`` (HTML) and return what it holds: points, method, seconds, groups.
+
+    ``labels`` colour the points (default: top-level folders); ``model`` gives the top tags (None: no tags,
+    the search box then matches file paths only).
+    """
+    from .batch import atomic_write
+
+    if len(coll) == 0:
+        raise CoalaEmbedError(f"{coll.features} holds no embedded file; there is nothing to map")
+    xy, method, seconds = project(coll.embeddings, method, seed)
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    q = np.round((xy - lo) / np.where(hi > lo, hi - lo, 1) * 65535).astype(np.int64)
+    groups = labels if labels is not None else folder_groups(coll)
+    order = [g for g, _ in Counter(groups).most_common()]
+    gindex = {g: i for i, g in enumerate(order)}
+    colours = [PALETTE[i] if i < len(PALETTE) else OTHER_COLOUR for i in range(len(order))]
+    vocab, tag_idx, tag_val = top_tags(model, coll.embeddings) if model is not None else ([], None, None)
+    dirs, dir_index, refs = _audio_links(coll, out, embed_audio)
+    title = title or f"{coll.features.name}: {len(coll):,} sounds"
+    data = {
+        "title": title,
+        "model": coll.model or (model.source if model is not None else "") or "",
+        "method": method,
+        "x": q[:, 0].tolist(),
+        "y": q[:, 1].tolist(),
+        "group": [gindex[g] for g in groups],
+        "groups": order,
+        "colours": colours,
+        "paths": coll.paths,
+        "dirs": dirs,
+        "dir": dir_index,
+        "ref": refs,
+        "duration": [None if not np.isfinite(d) else round(float(d), 2) for d in coll.durations],
+        "vocab": vocab,
+        "tags": tag_idx.tolist() if tag_idx is not None else [],
+        "scores": np.round(tag_val, 2).tolist() if tag_val is not None else [],
+    }
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    page = TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
+    atomic_write(out, lambda p: p.write_text(page, encoding="utf-8"))
+    return {"points": len(coll), "method": method, "seconds": seconds, "groups": len(order), "bytes": len(page)}
+
+
+def write_png(
+    coll: Collection, out: Path, labels: list[str] | None = None, method: str = "auto", seed: int = 0
+) -> None:
+    """A static picture of the same map (matplotlib; ``pip install 'coala-embed[map]'``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise CoalaEmbedError("--png needs matplotlib: pip install 'coala-embed[map]'") from e
+    from .batch import atomic_write
+
+    xy, method, _ = project(coll.embeddings, method, seed)
+    groups = labels if labels is not None else folder_groups(coll)
+    order = [g for g, _ in Counter(groups).most_common()]
+    fig, ax = plt.subplots(figsize=(9, 7), dpi=110)
+    size = max(1.0, min(30.0, 3000 / max(len(coll), 1)))
+    for i, g in enumerate(order):
+        m = np.array([x == g for x in groups])
+        colour = PALETTE[i] if i < len(PALETTE) else OTHER_COLOUR
+        ax.scatter(xy[m, 0], xy[m, 1], s=size, c=colour, label=g if i < len(PALETTE) else None, linewidths=0)
+    ax.set_title(f"{coll.features.name}: {len(coll):,} sounds ({method})")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if len(order) > 1:
+        ax.legend(loc="best", fontsize=7, markerscale=max(1.0, 6 / size), frameon=False)
+    fig.tight_layout()
+    atomic_write(out, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+TEMPLATE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ html,body{margin:0;height:100%;font:13px system-ui,sans-serif;color:#222;background:#fff}
+ #bar{position:absolute;top:0;left:0;right:0;height:44px;display:flex;align-items:center;gap:12px;padding:0 12px;
+      border-bottom:1px solid #ddd;background:#fafafa;box-sizing:border-box}
+ #bar h1{font-size:15px;margin:0;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+ #search{flex:0 0 260px;padding:5px 8px;border:1px solid #bbb;border-radius:4px}
+ #count,#sub{color:#666;white-space:nowrap}
+ #wrap{position:absolute;top:44px;left:0;right:220px;bottom:0}
+ #map{display:block;width:100%;height:100%;cursor:crosshair}
+ #legend{position:absolute;top:44px;right:0;width:220px;bottom:0;overflow:auto;border-left:1px solid #ddd;
+         padding:8px;box-sizing:border-box;background:#fafafa}
+ #legend div{display:flex;align-items:center;gap:6px;margin:2px 0;cursor:pointer}
+ #legend div.off{opacity:.35}
+ #legend i{display:inline-block;width:11px;height:11px;border-radius:50%;flex:none}
+ #tip{position:absolute;pointer-events:none;background:#fff;border:1px solid #999;border-radius:4px;padding:6px 8px;
+      box-shadow:0 2px 6px rgba(0,0,0,.2);display:none;max-width:360px;z-index:2}
+ #tip b{word-break:break-all} #tip .t{color:#555;margin-top:3px}
+ #player{position:absolute;left:12px;bottom:12px;z-index:3;display:none}
+</style></head><body>
+<div id="bar"><h1 id="title"></h1><input id="search" type="search" placeholder="filter: tags or file names">
+<span id="count"></span><span id="sub"></span></div>
+<div id="wrap"><canvas id="map"></canvas></div><div id="legend"></div><div id="tip"></div><audio id="player" controls></audio>
+<script id="data" type="application/json">__DATA__</script>
+<script>
+"use strict";
+const D = JSON.parse(document.getElementById("data").textContent);
+const N = D.x.length, canvas = document.getElementById("map"), ctx = canvas.getContext("2d");
+const tip = document.getElementById("tip"), player = document.getElementById("player");
+const S = window.soundMap = {points: N, drawn: 0, matched: N, hovered: null, playing: null};
+const X = new Float32Array(N), Y = new Float32Array(N), px = new Float32Array(N), py = new Float32Array(N);
+for (let i = 0; i < N; i++) { X[i] = D.x[i] / 65535; Y[i] = 1 - D.y[i] / 65535; }
+const match = new Uint8Array(N).fill(1), hidden = new Uint8Array(D.groups.length);
+const vocabIndex = new Map(D.vocab.map((w, i) => [w, i]));
+let view = {s: 1, tx: 0, ty: 0}, W = 0, H = 0, grid = new Map(), CELL = 16;
+document.getElementById("title").textContent = D.title;
+document.getElementById("sub").textContent = (D.model ? D.model + " \u00b7 " : "") + D.method;
+const fileName = i => D.paths[i].split(/[\\/]/).pop();
+function tagsOf(i) { return D.tags.length ? D.tags[i].map((t, k) => D.vocab[t] + " " + D.scores[i][k].toFixed(2)) : []; }
+function resize() {
+  const r = canvas.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+  W = r.width; H = r.height; canvas.width = W * dpr; canvas.height = H * dpr; ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  draw();
+}
+function draw() {
+  const pad = 16, side = Math.min(W, H) - 2 * pad, ox = (W - side) / 2, oy = (H - side) / 2;
+  const r = Math.max(1.5, Math.min(5, 600 / Math.sqrt(N + 1))) * Math.sqrt(view.s);
+  ctx.clearRect(0, 0, W, H); grid = new Map(); CELL = Math.max(8, 3 * r);
+  let drawn = 0;
+  for (const pass of [0, 1]) {  // non-matching points first, faint; matching ones on top
+    for (let i = 0; i < N; i++) {
+      if (hidden[D.group[i]] || (match[i] === 1) !== (pass === 1)) continue;
+      const x = ox + (X[i] * side) * view.s + view.tx, y = oy + (Y[i] * side) * view.s + view.ty;
+      px[i] = x; py[i] = y;
+      if (x < -r || y < -r || x > W + r || y > H + r) continue;
+      ctx.globalAlpha = pass ? 0.85 : 0.12;
+      ctx.fillStyle = D.colours[D.group[i]];
+      if (N > 20000) ctx.fillRect(x - r, y - r, 2 * r, 2 * r);  // squares: several times faster than arcs
+      else { ctx.beginPath(); ctx.arc(x, y, r, 0, 6.2832); ctx.fill(); }
+      drawn++;
+      if (pass) { const key = Math.floor(x / CELL) + "," + Math.floor(y / CELL); (grid.get(key) || grid.set(key, []).get(key)).push(i); }
+    }
+  }
+  ctx.globalAlpha = 1; S.drawn = drawn;
+}
+function nearest(x, y) {
+  let best = -1, bd = CELL * CELL;
+  const cx = Math.floor(x / CELL), cy = Math.floor(y / CELL);
+  for (let a = cx - 1; a <= cx + 1; a++) for (let b = cy - 1; b <= cy + 1; b++)
+    for (const i of grid.get(a + "," + b) || []) { const d = (px[i] - x) ** 2 + (py[i] - y) ** 2; if (d < bd) { bd = d; best = i; } }
+  return best;
+}
+function filter(text) {
+  const words = text.toLowerCase().split(/\s+/).filter(Boolean);
+  let m = 0;
+  for (let i = 0; i < N; i++) {
+    let ok = 1;
+    for (const w of words) {
+      const t = vocabIndex.has(w) ? vocabIndex.get(w) : vocabIndex.has(w.replace(/e?s$/, "")) ? vocabIndex.get(w.replace(/e?s$/, "")) : -1;
+      const inTags = t >= 0 && D.tags.length && D.tags[i].includes(t);
+      if (!inTags && !D.paths[i].toLowerCase().includes(w)) { ok = 0; break; }
+    }
+    match[i] = ok; m += ok;
+  }
+  S.matched = m; document.getElementById("count").textContent = (words.length ? m.toLocaleString() + " of " : "") + N.toLocaleString() + " sounds";
+  draw();
+}
+function source(i) { return D.dirs[D.dir[i]] === "" ? D.ref[i] : D.dirs[D.dir[i]].split("/").concat([D.ref[i]]).map(encodeURIComponent).join("/"); }
+let drag = null;
+canvas.addEventListener("mousemove", e => {
+  const r = canvas.getBoundingClientRect(), x = e.clientX - r.left, y = e.clientY - r.top;
+  if (drag) { view.tx += x - drag.x; view.ty += y - drag.y; drag = {x, y, moved: true}; draw(); return; }
+  const i = nearest(x, y);
+  S.hovered = i >= 0 ? fileName(i) : null;
+  if (i < 0) { tip.style.display = "none"; return; }
+  const dur = D.duration[i] == null ? "" : D.duration[i].toFixed(2) + " s \u00b7 ";
+  tip.innerHTML = "<b></b><div></div><div class='t'></div>";
+  tip.children[0].textContent = fileName(i);
+  tip.children[1].textContent = dur + D.groups[D.group[i]];
+  tip.children[2].textContent = tagsOf(i).slice(0, 5).join(", ");
+  tip.style.display = "block";
+  tip.style.left = Math.min(e.clientX + 14, window.innerWidth - 370) + "px"; tip.style.top = (e.clientY + 14) + "px";
+});
+canvas.addEventListener("mouseleave", () => { tip.style.display = "none"; S.hovered = null; drag = null; });
+canvas.addEventListener("mousedown", e => { const r = canvas.getBoundingClientRect(); drag = {x: e.clientX - r.left, y: e.clientY - r.top, moved: false}; });
+canvas.addEventListener("mouseup", e => {
+  const moved = drag && drag.moved; drag = null; if (moved) return;
+  const r = canvas.getBoundingClientRect(), i = nearest(e.clientX - r.left, e.clientY - r.top);
+  if (i < 0 || !D.ref[i]) return;
+  player.src = source(i); player.style.display = "block"; S.playing = fileName(i);
+  player.play().catch(() => {});
+});
+canvas.addEventListener("wheel", e => {
+  e.preventDefault();
+  const r = canvas.getBoundingClientRect(), x = e.clientX - r.left, y = e.clientY - r.top, f = Math.exp(-e.deltaY / 500);
+  view.tx = x - (x - view.tx) * f; view.ty = y - (y - view.ty) * f; view.s *= f; draw();
+}, {passive: false});
+canvas.addEventListener("dblclick", () => { view = {s: 1, tx: 0, ty: 0}; draw(); });
+document.getElementById("search").addEventListener("input", e => filter(e.target.value));
+const legend = document.getElementById("legend");
+const counts = new Array(D.groups.length).fill(0); for (let i = 0; i < N; i++) counts[D.group[i]]++;
+D.groups.forEach((g, k) => {
+  const row = document.createElement("div"), dot = document.createElement("i"), label = document.createElement("span");
+  dot.style.background = D.colours[k]; label.textContent = g + " (" + counts[k].toLocaleString() + ")";
+  row.title = "click to hide or show"; row.append(dot, label);
+  row.addEventListener("click", () => { hidden[k] ^= 1; row.classList.toggle("off"); draw(); });
+  legend.append(row);
+});
+window.addEventListener("resize", resize);
+filter(""); resize();
+</script></body></html>
+"""
