@@ -42,9 +42,11 @@ from .sources import (
     FM_SOUNDFONTS,
     MAX_FILES,
     METADATA_PACKAGES,
+    PACKAGE_TAGS_ONLY,
     SOUNDFONTS,
     SOURCES,
     SPEECH_SOURCES,
+    WIDE_SOURCES,
     forbidden,
 )
 from .tags import build_vocabulary, drop_reason, multi_hot, normalize, path_tokens, read_words, tokenize
@@ -167,7 +169,7 @@ def scan(extracted: Path, packages: list[str]) -> list[dict]:
                     continue
             elif pkg.startswith("asterisk-core"):
                 words = tokenize(transcripts.get(f.stem, ""))
-            elif pkg in SPEECH_SOURCES:
+            elif pkg in PACKAGE_TAGS_ONLY:
                 rows.append({"path": str(f), "source": pkg, "raw_tags": list(extra)})
                 continue
             rows.append({"path": str(f), "source": pkg, "raw_tags": path_tokens(rel, drop) + words + extra})
@@ -262,11 +264,13 @@ def split(labels: np.ndarray, test_size: float = 0.1, seed: int = 0) -> np.ndarr
     return mask
 
 
-def collect_debian(data: Path, speech: bool = False, fm_notes: bool = False) -> tuple[list[dict], dict[str, str]]:
-    """Download, unpack and scan the Debian sources and render the soundfont notes (with ``speech`` and
-    ``fm_notes``, the opt-in speech packages and FM soundfont too): rows and versions."""
+def collect_debian(
+    data: Path, speech: bool = False, fm_notes: bool = False, wide: bool = False
+) -> tuple[list[dict], dict[str, str]]:
+    """Download, unpack and scan the Debian sources and render the soundfont notes (with ``speech``, ``fm_notes``
+    and ``wide``, the opt-in speech packages, FM soundfont and wider corpus too): rows and versions."""
     debs, extracted = data / "debs", data / "extracted"
-    packages = list(SOURCES) + (list(SPEECH_SOURCES) if speech else [])
+    packages = list(SOURCES) + (list(SPEECH_SOURCES) if speech else []) + (list(WIDE_SOURCES) if wide else [])
     versions = download(packages + list(METADATA_PACKAGES), debs)
     for pkg in versions:
         extract(pkg, debs, extracted)
@@ -443,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--speech", action="store_true", help="add the opt-in speech packages (training/sources.py)")
     p.add_argument("--fm-notes", action="store_true", help="add notes of the opt-in FM soundfont (training/sources.py)")
+    p.add_argument("--wide", action="store_true", help="add the opt-in wider corpus (training/sources.py WIDE_SOURCES)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     data = data_dir(a.data)
@@ -454,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.manifest:
         rows, versions, min_count = read_manifest(a.manifest), {}, a.min_count
     else:
-        rows, versions = collect_debian(data, speech=a.speech, fm_notes=a.fm_notes)
+        rows, versions = collect_debian(data, speech=a.speech, fm_notes=a.fm_notes, wide=a.wide)
         min_count = a.min_count
         words = dictionary_words(data)
     corpus = build(data, rows, versions, name=a.name, min_count=min_count, workers=a.workers, words=words)

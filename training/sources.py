@@ -59,11 +59,36 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
 SPEECH_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gcin-voice": ("GPL-3 / LGPL-3 / CC-BY-3.0", ("speech", "voice", "spoken", "chinese", "mandarin", "syllable")),
 }
-# Their file names say *what* is spoken, so only the package's metadata tags them (corpus.scan).
-ALL_SOURCES = {**SOURCES, **SPEECH_SOURCES}
+# The wider corpus, opt-in (`python -m training.corpus --wide`): phone prompts in four more languages (tagged with
+# the English transcript of the same prompt), acted dialogue in Czech and Dutch, more game effects and soundtracks.
+WIDE_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "asterisk-core-sounds-es-wav": ("CC-BY-SA-3.0", ("speech", "voice", "female", "spanish", "telephone")),
+    "asterisk-core-sounds-fr-wav": ("CC-BY-SA-3.0", ("speech", "voice", "female", "french", "telephone")),
+    "asterisk-core-sounds-it-wav": ("CC-BY-SA-3.0", ("speech", "voice", "male", "italian", "telephone")),
+    "asterisk-core-sounds-ru-wav": ("CC-BY-SA-3.0", ("speech", "voice", "female", "russian", "telephone")),
+    "fillets-ng-data-cs": ("GPL-2+", ("speech", "voice", "czech", "dialogue")),
+    "fillets-ng-data-nl": ("GPL-2+", ("speech", "voice", "dutch", "dialogue")),
+    "ufoai-sound": ("GPL-2+ / CC-BY-SA-3.0 / CC-BY-3.0", ()),
+    "minetest-data": ("CC-BY-SA-3.0 / LGPL-2.1+ / MIT", ()),
+    "wordwarvi-sound": ("GPL-2+ / CC-BY-SA-3.0", ()),
+    "warzone2100-music": ("GPL-2+ / CC0-1.0", ("music", "soundtrack")),
+    "nexuiz-music": ("GPL-2+", ("music", "soundtrack")),
+    "ufoai-music": ("GPL-2+ / CC-BY-SA-3.0 / CC-BY-3.0", ("music", "soundtrack")),
+}
+ALL_SOURCES = {**SOURCES, **SPEECH_SOURCES, **WIDE_SOURCES}
+# Their file names say *what* is spoken (or name a level), so only the package's metadata tags them (corpus.scan).
+PACKAGE_TAGS_ONLY = (*SPEECH_SOURCES, "fillets-ng-data-cs", "fillets-ng-data-nl")
 # At most this many sounds of a package, drawn with a fixed seed, so that a few voices do not dominate the corpus
-# (gcin-voice has 2,358 syllables from two speakers).
-MAX_FILES = {"gcin-voice": 1000}
+# (gcin-voice has 2,358 syllables from two speakers; fillets-ng-data-cs 1,882 lines from a handful of actors).
+MAX_FILES = {
+    "gcin-voice": 1000,
+    "asterisk-core-sounds-es-wav": 300,
+    "asterisk-core-sounds-fr-wav": 300,
+    "asterisk-core-sounds-it-wav": 300,
+    "asterisk-core-sounds-ru-wav": 300,
+    "fillets-ng-data-cs": 400,
+    "fillets-ng-data-nl": 400,
+}
 # Packages whose files are read without being sounds themselves.
 METADATA_PACKAGES = ("asterisk-core-sounds-en",)
 # General MIDI soundfonts rendered note by note with fluidsynth.

@@ -24,7 +24,7 @@ LANGUAGE_CODES = frozenset(
     sq sr sv sw ta te th tl tr uk ur uz ve vi wa xh zh zu gb uk br""".split()
 )
 # Speaker names in voice packs: who speaks, not what.
-SPEAKER_NAMES = frozenset({"allison"})
+SPEAKER_NAMES = frozenset({"allison", "june", "carlo", "ivrvoice"})
 # Dictionary words that say where a sound came from (a game, a mod, an operating system, a level), not what it
 # sounds like: kept out of the vocabulary so that the contrastive loss does not teach the encoder provenance.
 PROVENANCE_WORDS = frozenset(

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Screening runs of issue 17: train one recipe with one seed for a fixed number of samples, then score its last
+# snapshot on the validation splits with the logistic-regression screen. Resumes; a finished step is skipped.
+#
+#   bash training/screen.sh RECIPE SEED [SAMPLES]      # e.g. bash training/screen.sh sig 0
+#   nice -n 10 bash training/screen.sh wide 1 100000
+#
+# Recipes (training settings; results in training/README.md's results log):
+#   base  the current recipe                 mix   augment.mix=0.5
+#   sig   gain, EQ, pitch, reverb, noise     reg   weight_decay=0.05 tag_dropout=0.2
+#   wide  the base recipe on the wider corpus (python -m training.corpus --wide --name corpus_wide)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { sed -n '2,11p' "$0"; exit 2; }
+RECIPE="$1"; SEED="$2"; SAMPLES="${3:-100000}"
+case "$RECIPE" in
+  base) SET=() ;;
+  mix) SET=(augment.mix=0.5) ;;
+  sig) SET=(augment.gain_db=6 augment.eq_db=6 augment.pitch=2 augment.reverb=0.3 augment.noise=0.3) ;;
+  reg) SET=(weight_decay=0.05 tag_dropout=0.2) ;;
+  wide) SET=(corpus=corpus_wide) ;;
+  *) echo "unknown recipe $RECIPE (see --help)" >&2; exit 2 ;;
+esac
+DATA="${COALA_EMBED_DATA:-$HOME/.cache/coala-embed}"
+PY="${PYTHON:-python}"
+NAME="scr_${RECIPE}_s${SEED}"
+[ "$SAMPLES" = 100000 ] || NAME="${NAME}_${SAMPLES}"
+mkdir -p "$DATA/logs"
+if [ ! -e "$DATA/runs/$NAME/DONE" ]; then
+  $PY -m training.train training/configs/ae_c.json --set name="$NAME" max_samples="$SAMPLES" \
+    min_samples="$SAMPLES" seed="$SEED" ${SET[@]+"${SET[@]}"} >> "$DATA/logs/$NAME.log" 2>&1
+fi
+LAST=$(cd "$DATA/runs/$NAME" && ls snapshot_epoch*.pt | sort -V | tail -1)
+$PY -m training.evaluate --model "$NAME:$LAST" --recipe signal --split val --seeds 0 \
+  --out "$DATA/eval/$NAME" >> "$DATA/logs/$NAME.log" 2>&1
+echo "$NAME $LAST: $(tail -1 "$DATA/eval/$NAME/results_val.md")"
