@@ -60,6 +60,39 @@ def kept_neighbours(x: np.ndarray, xy: np.ndarray, k: int = 10, sample: int = 20
     }
 
 
+def browser_times(page: Path, n: int) -> None:
+    """Load the page in headless Chromium (when it and playwright are installed) and time the load, one full
+    redraw, one search and one hover."""
+    import shutil
+
+    chromium = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        print(f"  browser, {n:,} points: skipped (no chromium or playwright)")
+        return
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        tab = browser.new_page(viewport={"width": 1280, "height": 800})
+        t0 = time.time()
+        tab.goto(page.as_uri())
+        tab.wait_for_function("window.soundMap && window.soundMap.drawn > 0")
+        load = time.time() - t0
+        draw = tab.evaluate("(() => { const t = performance.now(); draw(); return performance.now() - t; })()")
+        search = tab.evaluate(
+            "(() => { const t = performance.now(); filter('window0001'); return performance.now() - t; })()"
+        )
+        hover = tab.evaluate(
+            "(() => { const t = performance.now(); nearest(300, 300); return performance.now() - t; })()"
+        )
+        browser.close()
+    print(
+        f"  browser, {n:,} points: load {load:.1f} s, redraw {draw:.0f} ms, search {search:.0f} ms, hover {hover:.1f} ms"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default="weights")
@@ -92,6 +125,7 @@ def main() -> None:
                     info = build_page(coll, Path(d) / "map.html", model=load_model(a.weights, device="cpu"),
                                       method="pca")  # fmt: skip
                     page = f"{info['bytes'] / 2**20:.1f} | {time.time() - t0 - info['seconds']:.1f}"
+                    browser_times(Path(d) / "map.html", n)
             print(f"| {n:,} | {used} | {secs:.1f} | {q['trust']:.3f} | {q['cont']:.3f} | {q['knn']:.3f} | {page or ' | '} |",
                   flush=True)  # fmt: skip
     for n in a.sizes:

@@ -454,7 +454,7 @@ _WEIGHTS = click.option(
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV with columns path,label to colour the points [default: top-level folder].")  # fmt: skip
 @click.option("--projection", type=click.Choice(["auto", "umap", "tsne", "pca"]), default="auto", show_default=True,
-              help="auto: UMAP when umap-learn is installed, else t-SNE up to 20,000 points, else PCA.")  # fmt: skip
+              help="auto: t-SNE up to 20,000 points, else UMAP when umap-learn is installed, else PCA.")  # fmt: skip
 @click.option("--embed-audio", is_flag=True, help="Put the sounds into the page (small collections, up to 200 MB).")
 @click.option(
     "--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a static picture (matplotlib)."

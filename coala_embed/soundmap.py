@@ -23,7 +23,7 @@ from .collection import Collection, project
 from .errors import CoalaEmbedError
 from .model import CoalaModel
 
-TOP_TAGS = 8  # tags kept per point for hover and search
+TOP_TAGS = 5  # tags kept per point for hover and search
 # The "tab20"-like categorical palette; groups beyond it share OTHER_COLOUR
 PALETTE = (
     "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #17becf #bcbd22 #7f7f7f "
