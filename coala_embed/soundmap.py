@@ -34,7 +34,7 @@ MAX_EMBEDDED_AUDIO = 200 * 2**20  # bytes of audio --embed-audio puts into one p
 
 
 def folder_groups(coll: Collection) -> list[str]:
-    """Each row's top-level folder below the collection's common folder ("." for files directly in it)."""
+    """Each row's top-level folder below the collection's common folder ("(top folder)" for files directly in it)."""
     paths = [str(coll.resolve(i)) for i in range(len(coll))]
     if not paths:
         return []
@@ -42,7 +42,7 @@ def folder_groups(coll: Collection) -> list[str]:
     groups = []
     for p in paths:
         parts = Path(os.path.relpath(p, root)).parts
-        groups.append(parts[0] if len(parts) > 1 else ".")
+        groups.append(parts[0] if len(parts) > 1 else "(top folder)")
     return groups
 
 
