@@ -23,6 +23,7 @@ import numpy as np
 from .api import batch_across, clip_vector, iter_file_patches
 from .device import resolve_precision
 from .errors import AudioError, CoalaEmbedError
+from .files import atomic_write
 from .frontend import Patches
 from .model import CoalaModel
 from .version import __version__
@@ -132,16 +133,6 @@ def output_lock(out: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(path)
         os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, then rename the temporary file over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _State:

@@ -7,7 +7,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import CoalaConfig
 from .errors import CheckpointError, HubError, NoPretrainedWeightsError
+from .files import atomic_write
 from .model import CoalaModel
 
 log = logging.getLogger(__name__)
@@ -191,17 +191,15 @@ def save_pretrained(model: CoalaModel, folder: str | os.PathLike, *, trained: bo
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
-        tmp_weights = Path(tmp.name)
-    save_file(state, str(tmp_weights), metadata={"format": "pt"})
     all_info = dict(model.config.info)
     all_info.update(info or {})
-    all_info["sha256"] = sha256_file(tmp_weights)
+
+    def write_weights(tmp: Path) -> None:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        all_info["sha256"] = sha256_file(tmp)
+
+    atomic_write(folder / WEIGHTS_NAME, write_weights)
     config = dataclasses.replace(model.config, trained=trained, info=all_info)
-    tmp_cfg = folder / (CONFIG_NAME + ".tmp")
-    config.save(tmp_cfg)
-    os.chmod(tmp_weights, 0o644)  # NamedTemporaryFile makes it private; a checkpoint is meant to be shared
-    os.replace(tmp_weights, folder / WEIGHTS_NAME)
-    os.replace(tmp_cfg, folder / CONFIG_NAME)
+    atomic_write(folder / CONFIG_NAME, config.save)
     model.config = config
     return folder

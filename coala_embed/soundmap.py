@@ -21,6 +21,7 @@ import numpy as np
 
 from .collection import Collection, project
 from .errors import CoalaEmbedError
+from .files import atomic_write
 from .model import CoalaModel
 
 TOP_TAGS = 5  # tags kept per point for hover and search
@@ -133,7 +134,6 @@ def build_page(
     ``labels`` colour the points (default: top-level folders); ``model`` gives the top tags (None: no tags,
     the search box then matches file paths only).
     """
-    from .batch import atomic_write
 
     if len(coll) == 0:
         raise CoalaEmbedError(f"{coll.features} holds no embedded file; there is nothing to map")
@@ -182,7 +182,6 @@ def write_png(
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise CoalaEmbedError("--png needs matplotlib: pip install 'coala-embed[map]'") from e
-    from .batch import atomic_write
 
     xy, method, _ = project(coll.embeddings, method, seed)
     groups = labels if labels is not None else folder_groups(coll)

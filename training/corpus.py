@@ -27,6 +27,7 @@ import numpy as np
 from coala_embed.audio_io import load_audio
 from coala_embed.config import FrontendConfig
 from coala_embed.errors import AudioError
+from coala_embed.files import save_npz
 from coala_embed.frontend import log_mel, pad, resample
 
 from . import archives, notes
@@ -228,10 +229,8 @@ def compute_features(rows: list[dict], out: Path, workers: int = 2, shard: int =
                 metas.append(meta)
                 bar.update(1)
             lengths = np.array([s.shape[1] for s in specs])
-            final = _shard_path(out, rows, i, shard)
-            tmp = final.with_suffix(".tmp.npz")
-            np.savez(tmp, logmel=np.concatenate(specs, axis=1), lengths=lengths, meta=json.dumps(metas))
-            tmp.replace(final)
+            arrays = {"logmel": np.concatenate(specs, axis=1), "lengths": lengths, "meta": json.dumps(metas)}
+            save_npz(_shard_path(out, rows, i, shard), **arrays)
 
 
 def _shard_path(out: Path, rows: list[dict], i: int, shard: int) -> Path:

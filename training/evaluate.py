@@ -28,6 +28,7 @@ import torch
 from coala_embed import CoalaConfig, CoalaModel, load_model
 from coala_embed.api import clip_vector, embed_patches, file_patches
 from coala_embed.config import FrontendConfig
+from coala_embed.files import atomic_write, save_npy
 
 from .corpus import data_dir
 from .tasks import TASKS, read_task
@@ -58,8 +59,7 @@ def task_patches(task: str, rows: list[dict], cfg: FrontendConfig, cache: Path) 
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
     patches = torch.cat(parts)
     f.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"patches": patches.half(), "offsets": torch.from_numpy(offsets)}, f.with_suffix(".tmp"))
-    f.with_suffix(".tmp").replace(f)
+    atomic_write(f, lambda tmp: torch.save({"patches": patches.half(), "offsets": torch.from_numpy(offsets)}, tmp))
     return patches, offsets
 
 
@@ -79,8 +79,7 @@ def cached_features(
     patches, offsets = task_patches(task, rows, cfg, cache)
     feats = clip_features(embed_patches(model, patches, 256), offsets, stat)
     if f is not None:
-        np.save(f.with_suffix(".tmp.npy"), feats)
-        f.with_suffix(".tmp.npy").replace(f)
+        save_npy(f, feats)
     return feats
 
 

@@ -58,13 +58,16 @@ def write_hdf5(path: str | Path, ids: np.ndarray, data: np.ndarray, labels: np.n
     (scaled patches, axes mel x time) and ``label [N, n_tags] int16``."""
     import h5py
 
-    tmp = Path(str(path) + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        g = f.create_group("dataset")
-        g.create_dataset("id", data=np.asarray(ids, dtype=np.int32).reshape(-1, 1))
-        g.create_dataset("data", data=np.asarray(data, dtype=np.float32))
-        g.create_dataset("label", data=np.asarray(labels, dtype=np.int16))
-    tmp.replace(path)
+    from coala_embed.files import atomic_write
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            g = f.create_group("dataset")
+            g.create_dataset("id", data=np.asarray(ids, dtype=np.int32).reshape(-1, 1))
+            g.create_dataset("data", data=np.asarray(data, dtype=np.float32))
+            g.create_dataset("label", data=np.asarray(labels, dtype=np.int16))
+
+    atomic_write(path, write)
 
 
 def read_hdf5(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

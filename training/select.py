@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from coala_embed.files import atomic_write
+
 from .corpus import data_dir
 
 log = logging.getLogger(__name__)
@@ -98,9 +100,8 @@ def scores_for(data: Path, run_name: str, names: list[str], seeds: int) -> dict[
             t0 = time.time()
             cache[key] = score(data, run_name, name, seeds, loaded)
             log.info("%s: %s (%.0f s)", name, cache[key], time.time() - t0)
-            tmp = cache_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache, indent=1) + "\n")
-            tmp.replace(cache_file)
+            text = json.dumps(cache, indent=1) + "\n"
+            atomic_write(cache_file, lambda tmp, text=text: tmp.write_text(text))
         out[name] = cache[key]
     return out
 
@@ -112,9 +113,7 @@ def select(data: Path, run_name: str, every: int, seeds: int) -> dict:
     means = {n: round(sum(s.values()) / len(s), 2) for n, s in scores.items()}
     best = max(names, key=lambda n: means[n])  # ties: the earlier candidate
     out = {"checkpoint": best, "mean_val_accuracy": means[best], "seeds": seeds, "scores": scores, "means": means}
-    tmp = run / (SELECTED + ".tmp")
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    tmp.replace(run / SELECTED)
+    atomic_write(run / SELECTED, lambda tmp: tmp.write_text(json.dumps(out, indent=1) + "\n"))
     log.info("selected %s (mean validation accuracy %.2f)", best, means[best])
     return out
 

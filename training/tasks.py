@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from coala_embed.files import atomic_write
+
 from .corpus import data_dir, download, extract
 from .notes import GM_DRUMS, GM_FAMILIES, GM_PROGRAMS, render_notes
 
@@ -75,11 +77,14 @@ EVENT_CLASSES = {
 
 def write_task(folder: Path, rows: list[dict], card: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "task.csv.tmp", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "split", "group"])
-        w.writeheader()
-        w.writerows(rows)
-    (folder / "task.csv.tmp").replace(folder / "task.csv")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["path", "label", "split", "group"])
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(folder / "task.csv", write)
     counts = {
         s: dict(sorted(Counter(r["label"] for r in rows if r["split"] == s).items())) for s in ("train", "val", "test")
     }

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from coala_embed.device import cpu_name, resolve_precision
+from coala_embed.files import atomic_write
 from coala_embed.model import AudioEncoder, TagEncoder
 
 from .augment import Augment, augment, drop_tags, mel_centres
@@ -281,9 +282,7 @@ def aug_seed(seed: int, epoch: int, step: int) -> int:
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 @torch.no_grad()
@@ -328,9 +327,8 @@ def plot(history: list[dict], path: Path) -> None:
         ax.set_xlabel("samples")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".tmp.png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    os.replace(path.with_suffix(".tmp.png"), path)
 
 
 def train(cfg: dict, data_root: Path, out: Path) -> Path:
