@@ -12,7 +12,7 @@ import soxr
 import torch
 
 from .audio_io import BLOCK_SECONDS, audio_info, iter_blocks, load_audio
-from .config import FrontendConfig
+from .config import CLIP_STATS, FrontendConfig
 from .device import float32_convolutions, resolve_device, resolve_precision
 from .errors import AudioError
 from .frontend import Patches, StreamingPatches, check_sample_rate, patches_from_audio, prepare, resample, to_mono
@@ -26,8 +26,8 @@ class Embedding:
     """Embeddings of one clip.
 
     Attributes:
-        clip: ``[D]`` float32, the mean of the patch embeddings.
-        frames: ``[T, D]`` float32, one row per 96-frame patch (2.234 s).
+        clip: ``[C]`` float32, the clip vector (``config.clip``: by default the mean of the patch embeddings).
+        frames: ``[T, D]`` float32, the patch embeddings z, one row per 96-frame patch (2.234 s).
         starts, ends: ``[T]`` start and end of each patch in seconds.
         duration: the clip's duration in seconds.
     """
@@ -53,7 +53,9 @@ def _model(model: CoalaModel | None, device: str | torch.device | None) -> Coala
 def embed_patches(
     model: CoalaModel, patches: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32"
 ) -> np.ndarray:
-    """Embeddings ``[N, D]`` float32 of unscaled log-mel patches ``[N, 96, 96]``, ``batch_size`` at a time.
+    """The readout ``[N, R]`` float32 (``CoalaModel.forward``: the embeddings z, ``R = 1152``, unless
+    ``config.clip.readout`` adds the block maxima) of unscaled log-mel patches ``[N, 96, 96]``, ``batch_size`` at a
+    time.
 
     ``precision="bf16"`` runs the convolutions under bfloat16 autocast where bfloat16 is native (GPUs, CPUs with
     AVX-512 BF16 or AMX; elsewhere it warns and runs fp32, see :func:`coala_embed.device.resolve_precision`);
@@ -70,16 +72,15 @@ def embed_patches(
         for i in range(0, len(patches), batch_size):
             out.append(model(patches[i : i + batch_size].to(dev, non_blocking=True)).float())
     if not out:
-        return np.zeros((0, model.config.model.embedding_dim), np.float32)
+        return np.zeros((0, model.config.readout_dim), np.float32)
     return torch.cat(out).cpu().numpy()
 
 
-CLIP_STATS = ("mean", "meanstd")
-
-
-def clip_vector(frames: np.ndarray, stat: str = "mean") -> np.ndarray:
-    """The one function that turns a clip's patch embeddings ``[T, D]`` into its clip vector: ``"mean"`` (the
-    paper's, ``[D]``) or ``"meanstd"`` (mean and standard deviation side by side, ``[2D]``)."""
+def clip_vector(readout: np.ndarray, stat: str = "mean") -> np.ndarray:
+    """The one function that turns the per-patch readout of a clip ``[T, R]`` (``CoalaModel.forward``) into its
+    clip vector: ``"mean"`` (the paper's, ``[R]``) or ``"meanstd"`` (mean and standard deviation side by side,
+    ``[2R]``); ``config.clip.stat`` says which."""
+    frames = readout
     if stat == "mean":
         return frames.mean(axis=0)
     if stat == "meanstd":
@@ -87,8 +88,10 @@ def clip_vector(frames: np.ndarray, stat: str = "mean") -> np.ndarray:
     raise ValueError(f"stat must be one of {CLIP_STATS}, got {stat!r}")
 
 
-def _finish(p: Patches, frames: np.ndarray) -> Embedding:
-    return Embedding(clip_vector(frames), frames, p.starts, p.ends, p.duration)
+def _finish(p: Patches, readout: np.ndarray, model: CoalaModel) -> Embedding:
+    """The clip's Embedding from its patches' readout: the clip vector, and z as the frames."""
+    frames = readout[:, : model.config.model.embedding_dim]
+    return Embedding(clip_vector(readout, model.config.clip.stat), frames, p.starts, p.ends, p.duration)
 
 
 def get_embedding(
@@ -133,7 +136,7 @@ def get_embedding(
     mono = to_mono(audio)
     if len(mono) / sr <= _stream_threshold(cfg):
         p = prepare(mono, sr, cfg)
-        emb = _finish(p, embed_patches(model, p.patches, batch_size))
+        emb = _finish(p, embed_patches(model, p.patches, batch_size), model)
     else:  # long arrays block by block, as long files: memory stays flat in the duration
         blocks = (mono[i : i + int(BLOCK_SECONDS * sr)] for i in range(0, len(mono), int(BLOCK_SECONDS * sr)))
         starts, ends, embs, duration = [], [], [], 0.0
@@ -143,7 +146,7 @@ def get_embedding(
             embs.append(embed_patches(model, q.patches, batch_size))
             duration = q.duration
         p = Patches(torch.zeros(0), np.concatenate(starts), np.concatenate(ends), duration)
-        emb = _finish(p, np.concatenate(embs))
+        emb = _finish(p, np.concatenate(embs), model)
     if frames:
         return emb.frames, np.stack([emb.starts, emb.ends], axis=1)
     return emb.clip
@@ -217,7 +220,7 @@ def embed_file(
     """
     model = _model(model, device)
     p = file_patches(path, model.config.frontend)
-    return _finish(p, embed_patches(model, p.patches, batch_size))
+    return _finish(p, embed_patches(model, p.patches, batch_size), model)
 
 
 K = TypeVar("K")
@@ -289,6 +292,6 @@ def embed_files(
     for chunk in batch_across(decoded(), model, batch_size):
         for path, p, frames in chunk:
             if isinstance(p, Patches) and frames is not None:
-                yield path, _finish(p, frames)
+                yield path, _finish(p, frames, model)
             elif isinstance(p, Exception):
                 yield path, p

@@ -136,13 +136,14 @@ def output_lock(out: Path) -> Iterator[None]:
 
 
 class _State:
-    """Append-only progress of one run: ``rows.f32`` (clip embeddings), ``frames.f32`` + ``times.f64``
+    """Append-only progress of one run: ``rows.f32`` (clip vectors, ``dim`` wide), ``frames.f32`` (patch
+    embeddings, ``frame_dim`` wide) + ``times.f64``
     (with --frames) and ``log.jsonl`` (one line per finished file). A file counts as done only once its log
     line is complete; data past what the log accounts for is cut off on resume, so a kill at any moment
     loses at most the files in flight and never doubles a row."""
 
-    def __init__(self, folder: Path, dim: int, key: dict, frames: bool) -> None:
-        self.folder, self.dim = folder, dim
+    def __init__(self, folder: Path, dim: int, frame_dim: int, key: dict, frames: bool) -> None:
+        self.folder, self.dim, self.frame_dim = folder, dim, frame_dim
         folder.mkdir(parents=True, exist_ok=True)
         keyfile = folder / "run.json"
         if keyfile.exists():
@@ -170,7 +171,7 @@ class _State:
         rows = sum(1 for e in self.entries if e["status"] == "ok")
         n_frames = sum(e["n_frames"] for e in self.entries if e["status"] == "ok") if frames else 0
         self._truncate("rows.f32", rows * dim * 4)
-        self._truncate("frames.f32", n_frames * dim * 4)
+        self._truncate("frames.f32", n_frames * frame_dim * 4)
         self._truncate("times.f64", n_frames * 2 * 8)
         self.log = open(log, "ab")
 
@@ -204,7 +205,7 @@ class _State:
         rows = np.fromfile(self.folder / "rows.f32", dtype=np.float32).reshape(-1, self.dim)
         if not frames:
             return rows, None, None
-        fr = np.fromfile(self.folder / "frames.f32", dtype=np.float32).reshape(-1, self.dim)
+        fr = np.fromfile(self.folder / "frames.f32", dtype=np.float32).reshape(-1, self.frame_dim)
         times = np.fromfile(self.folder / "times.f64", dtype=np.float64).reshape(-1, 2)
         return rows, fr, times
 
@@ -281,13 +282,14 @@ def run(
         "inputs": [str(p) for p in paths],
         "model": model_info(model),
         "frontend": asdict(model.config.frontend),
+        "clip": asdict(model.config.clip),
         "options": {"fmt": opts.fmt, "frames": opts.frames},
     }
     precision = resolve_precision(opts.precision, model.device)
     sdir = state_dir(out)
     if sdir.exists() and not resume:
         raise CoalaEmbedError(f"{sdir} holds an interrupted run: add --resume to finish it, or -f to start over")
-    state = _State(sdir, dim, key, opts.frames)
+    state = _State(sdir, model.config.clip_dim, dim, key, opts.frames)
     done = state.done()
     todo = [(i, p) for i, p in zip(indices, paths) if i not in done]
     t0 = time.time()
@@ -315,7 +317,8 @@ def run(
                 if not last:
                     continue
                 parts = partial.pop(i)
-                frames = np.concatenate([f for _, _, f in parts])
+                readout = np.concatenate([f for _, _, f in parts])
+                frames = readout[:, :dim]
                 duration = p.duration
                 entry = {"index": i, "path": str(path), "status": "ok", "duration": round(duration, 4),
                          "n_frames": len(frames)}  # fmt: skip
@@ -323,7 +326,8 @@ def run(
                 if opts.frames:
                     times = np.stack([np.concatenate([a for a, _, _ in parts]),
                                       np.concatenate([b for _, b, _ in parts])], axis=1)  # fmt: skip
-                results.append((entry, clip_vector(frames)[None], frames if opts.frames else None, times))
+                clip = clip_vector(readout, model.config.clip.stat)[None]
+                results.append((entry, clip, frames if opts.frames else None, times))
                 audio_s += duration
             else:
                 partial.pop(i, None)
@@ -415,7 +419,7 @@ def finish(
                 e["frame_offset"] = offsets[-1]
                 offsets.append(offsets[-1] + e["n_frames"])
         files.append(e)
-    emb = rows[sel] if sel else np.zeros((0, model.config.model.embedding_dim), np.float32)
+    emb = rows[sel] if sel else np.zeros((0, model.config.clip_dim), np.float32)
     paths = np.array([e["path"] for e in files if e["status"] == "ok"])
     if opts.fmt == "npz":
         arrays: dict[str, np.ndarray] = {"embeddings": emb, "paths": paths}
@@ -445,6 +449,7 @@ def finish(
         "total_inputs": total_inputs,
         "model": model_info(model),
         "frontend": asdict(model.config.frontend),
+        "clip": asdict(model.config.clip),
         "precision": opts.precision,
         "files": files,
         "summary": {
@@ -489,7 +494,7 @@ def merge(outputs: list[Path], out: Path) -> dict:
     first = parts[0][1]
     n = int(first["shard"].split("/")[1])
     for o, m in parts:
-        for key in ("model", "frontend", "format", "inputs_fingerprint", "total_inputs"):
+        for key in ("model", "frontend", "clip", "format", "inputs_fingerprint", "total_inputs"):
             if m.get(key) != first.get(key):
                 raise CoalaEmbedError(f"{o} differs from {outputs[0]} in {key}: the parts are not shards of one run")
         if int(m["shard"].split("/")[1]) != n:
@@ -520,6 +525,7 @@ def merge(outputs: list[Path], out: Path) -> dict:
     if len(entries) != first["total_inputs"]:
         raise CoalaEmbedError(f"the shards hold {len(entries)} of the run's {first['total_inputs']} inputs")
     dim = (data[0]["embeddings"] if fmt == "npz" else data[0]).shape[1]
+    frame_dim = data[0]["frames"].shape[1] if frames else dim
     rows, files, fsel, offsets = [], [], [], [0]
     for _, e, k in entries:
         e = dict(e)
@@ -544,7 +550,7 @@ def merge(outputs: list[Path], out: Path) -> dict:
             arrays: dict[str, np.ndarray] = {"embeddings": emb, "paths": paths}
             if frames:
                 arrays["frames"] = np.concatenate(
-                    [data[k]["frames"][a:b] for k, a, b in fsel] or [np.zeros((0, dim), np.float32)]
+                    [data[k]["frames"][a:b] for k, a, b in fsel] or [np.zeros((0, frame_dim), np.float32)]
                 )
                 arrays["frame_times"] = np.concatenate(
                     [data[k]["frame_times"][a:b] for k, a, b in fsel] or [np.zeros((0, 2))]

@@ -26,6 +26,8 @@ PAD_SECONDS = 10.0
 PAD_NOISE = 5e-4  # amplitude of the U[0, 1) dither of the original `pad`
 
 POOLING_MODES = ("signal", "original")
+READOUTS = ("z", "z+max")
+CLIP_STATS = ("mean", "meanstd")
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,32 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ClipConfig:
+    """How the patches of a clip become its clip vector. Patch embeddings (``frames``) are always the code z.
+
+    ``readout`` is the per-patch vector that the statistic runs over: ``"z"``, the paper's code (``[1152]``), or
+    ``"z+max"``, z beside each channel's maximum over the feature map of every convolution block but the last
+    (``[1152 + 4 * 128]``: small CNNs keep timbre and speaker cues below the bottleneck; README "Deviations").
+    ``stat`` is ``"mean"`` over the patches (the paper's) or ``"meanstd"`` (mean and standard deviation).
+    """
+
+    readout: str = "z"
+    stat: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.readout not in READOUTS:
+            raise CheckpointError(f"clip.readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.stat not in CLIP_STATS:
+            raise CheckpointError(f"clip.stat must be one of {CLIP_STATS}, got {self.stat!r}")
+
+
+@dataclass(frozen=True)
 class CoalaConfig:
     """Everything ``config.json`` holds: front-end, model and provenance."""
 
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)  # a checkpoint without it: the paper's mean of z
     tags: tuple[str, ...] = ()
     # The training split's distinct tag sets (vocabulary indices) and how many sounds had each one:
     # predict_tags lets the sets nearest to a sound in the co-aligned space vote for its tags.
@@ -106,6 +129,7 @@ class CoalaConfig:
         try:
             frontend = FrontendConfig(**d.get("frontend", {}))
             model = ModelConfig(**d.get("model", {}))
+            clip = ClipConfig(**d.get("clip", {}))
         except TypeError as e:
             raise CheckpointError(f"config.json has an unknown setting: {e}") from e
         tags = tuple(d.get("tags", ()))
@@ -119,6 +143,7 @@ class CoalaConfig:
         return cls(
             frontend=frontend,
             model=model,
+            clip=clip,
             tags=tags,
             tag_sets=tag_sets,
             tag_set_counts=counts,
@@ -145,6 +170,17 @@ class CoalaConfig:
         if not isinstance(d, dict):
             raise CheckpointError(f"{path} does not hold a JSON object")
         return cls.from_dict(d)
+
+    @property
+    def readout_dim(self) -> int:
+        """Width of the per-patch vector the clip statistic runs over (``CoalaModel.forward``'s output)."""
+        m = self.model
+        return m.embedding_dim + (m.n_blocks - 1) * m.channels * (self.clip.readout == "z+max")
+
+    @property
+    def clip_dim(self) -> int:
+        """Width of a clip vector: the readout, twice with ``stat="meanstd"``."""
+        return self.readout_dim * (2 if self.clip.stat == "meanstd" else 1)
 
     def replace(self, **frontend_changes: Any) -> CoalaConfig:
         """A copy with some front-end settings changed, e.g. ``cfg.replace(pooling="original")``."""

@@ -24,13 +24,13 @@ class HearModel(torch.nn.Module):
     """A :class:`CoalaModel` with the attributes HEAR asks for."""
 
     sample_rate = HEAR_SAMPLE_RATE
-    scene_embedding_size = 1152
-    timestamp_embedding_size = 1152
 
     def __init__(self, model: CoalaModel, hop_frames: int = 12) -> None:
         super().__init__()
         self.model = model
         self.hop_frames = hop_frames
+        self.scene_embedding_size = model.config.clip_dim  # the clip vector (1152 with the paper's readout)
+        self.timestamp_embedding_size = model.config.model.embedding_dim  # the patch embedding z
 
 
 def load_model(model_file_path: str = "", device: str | None = None, hop_frames: int = 12) -> HearModel:
@@ -59,13 +59,13 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
         n_ts = max(1, (spec.shape[1] - cfg.patch_frames) // model.hop_frames + 1)
         starts = torch.arange(n_ts) * model.hop_frames
         patches = spec[:, starts[:, None] + torch.arange(cfg.patch_frames)[None, :]].permute(1, 0, 2)
-        embs.append(torch.from_numpy(embed_patches(model.model, patches)))
+        embs.append(torch.from_numpy(embed_patches(model.model, patches)[:, : model.timestamp_embedding_size]))
         stamps.append(starts.double() * cfg.hop_length / cfg.sample_rate * 1000.0)
     return torch.stack(embs), torch.stack(stamps)
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
-    """One clip embedding ``[n_sounds, 1152]`` per sound (the package's default clip recipe)."""
+    """One clip vector ``[n_sounds, scene_embedding_size]`` per sound, as ``get_embedding`` makes it."""
     batch = _as_batch(audio)
     return torch.from_numpy(np.stack([get_embedding(x, HEAR_SAMPLE_RATE, model=model.model) for x in batch]))
 

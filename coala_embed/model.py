@@ -92,7 +92,9 @@ class CoalaModel(nn.Module):
     """Inference model: the per-time-column min-max scaler, the audio encoder and, when the checkpoint has
     a vocabulary, the tag encoder of the co-aligned space.
 
-    ``forward`` maps unscaled log-mel patches ``[B, 96, 96]`` to embeddings z ``[B, 1152]``.
+    ``forward`` maps unscaled log-mel patches ``[B, 96, 96]`` to their readout ``[B, config.readout_dim]``: the
+    embeddings z ``[B, 1152]``, followed with ``config.clip.readout == "z+max"`` by each channel's maximum over
+    the feature map of every block but the last (``[B, 4 * 128]``).
     """
 
     scaler_min: torch.Tensor
@@ -137,9 +139,15 @@ class CoalaModel(nn.Module):
         x = self.scale(patches).unsqueeze(1)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.training or self._fast is None:
-            return self.audio(x)[0]
-        return torch.flatten(self._fast(x), 1)
+        layers = self.audio.audio_encoder if self.training or self._fast is None else self._fast
+        if self.config.clip.readout == "z":
+            return torch.flatten(layers(x), 1)
+        maxima = []
+        for layer in layers:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                maxima.append(x.amax(dim=(2, 3)))
+        return torch.cat([torch.flatten(x, 1), *maxima[:-1]], dim=1)
 
     def project_audio(self, z: torch.Tensor) -> torch.Tensor:
         """Audio projection head: z ``[B, 1152]`` -> z_d ``[B, 1152]`` in the co-aligned space."""

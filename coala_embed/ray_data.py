@@ -22,7 +22,7 @@ class CoalaEmbedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from .api import embed_files
 
-        dim = self.model.config.model.embedding_dim
+        dim = self.model.config.clip_dim
         paths = [str(p) for p in batch["path"]]
         rows, status, errors, durations = [], [], [], []
         for _, res in embed_files(paths, model=self.model, batch_size=self.batch_size):

@@ -34,9 +34,11 @@ def tag_projections(model: CoalaModel) -> torch.Tensor:
 
 @torch.inference_mode()
 def audio_projections(model: CoalaModel, z: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Embeddings z ``[N, 1152]`` (from get_embedding or the CLI) -> their projections ``[N, 1152]``."""
+    """Embeddings z ``[N, 1152]`` (from get_embedding or the CLI) -> their projections ``[N, 1152]``. Wider clip
+    vectors (``config.clip``) start with the mean of z; only those first 1152 columns are used."""
     z = torch.as_tensor(np.asarray(z, dtype=np.float32), device=model.device)
-    return model.project_audio(z.reshape(-1, z.shape[-1])).float()
+    z = z.reshape(-1, z.shape[-1])[:, : model.config.model.embedding_dim]
+    return model.project_audio(z).float()
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -105,7 +107,7 @@ def predict_tags(
     model = _model(model, None)
     vocab = _require_tags(model)
     p = prepare(audio, sr, model.config.frontend)
-    z = clip_vector(embed_patches(model, p.patches))[None]
+    z = clip_vector(embed_patches(model, p.patches)[:, : model.config.model.embedding_dim])[None]
     scores = tag_scores(model, z, method=method)[0]
     best = torch.topk(scores, min(top_k, len(vocab)))
     return [(vocab[i], float(s)) for s, i in zip(best.values, best.indices)]

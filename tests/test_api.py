@@ -180,3 +180,40 @@ def test_one_clip_vector_function():
     np.testing.assert_array_equal(ms[5:], frames.std(axis=0))
     with pytest.raises(ValueError, match="stat must be"):
         clip_vector(frames, "max")
+
+
+def test_the_z_max_clip_vector_everywhere(tmp_path):
+    """A checkpoint with ``clip.readout = "z+max"``: get_embedding, embed_file, the CLI and a saved-and-loaded
+    copy give the same 1664-d clip vector (its first 1152 columns the paper's mean of z), frames stay z, and the
+    co-aligned tags read the first 1152 columns."""
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+    from conftest import chirp, random_model
+
+    from coala_embed import embed_file, get_embedding, load_model, save_pretrained
+    from coala_embed.cli import main
+    from coala_embed.tags import predict_tags, tag_scores
+
+    plain = random_model().optimize()
+    model = random_model()
+    model.config = replace(model.config, clip=replace(model.config.clip, readout="z+max"))
+    folder = save_pretrained(model, tmp_path / "w", trained=False)
+    model = load_model(folder, device="cpu")
+    assert model.config.clip.readout == "z+max"
+    x = chirp(5.0)
+    clip = get_embedding(x, 22_000, model=model)
+    frames, _ = get_embedding(x, 22_000, model=model, frames=True)
+    assert clip.shape == (1664,) and frames.shape[1] == 1152
+    np.testing.assert_allclose(clip[:1152], get_embedding(x, 22_000, model=plain), atol=1e-6)
+    np.testing.assert_allclose(clip[:1152], frames.mean(axis=0), atol=1e-6)
+    sf.write(tmp_path / "a.wav", x, 22_000, subtype="FLOAT")
+    np.testing.assert_allclose(embed_file(tmp_path / "a.wav", model=model).clip, clip, atol=1e-6)
+    r = CliRunner().invoke(main, ["embed", str(tmp_path / "a.wav"), "-o", str(tmp_path / "f.npy"), "--weights",
+                                  str(folder), "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rows = np.load(tmp_path / "f.npy")
+    assert rows.shape == (1, 1664)
+    np.testing.assert_allclose(rows[0], clip, atol=1e-5)
+    torch.testing.assert_close(tag_scores(model, rows), tag_scores(model, rows[:, :1152]))
+    assert len(predict_tags(x, 22_000, model=model, top_k=3)) == 3

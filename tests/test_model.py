@@ -95,3 +95,32 @@ def test_scaler_is_per_time_column():
     scaled = model.scale(x)
     assert torch.equal(scaled[0, :, 5], torch.full((96,), 5.0))  # every mel row of time column 5
     assert torch.equal(scaled[0, 7, :], torch.arange(96, dtype=torch.float32))
+
+
+def _with_readout(model, readout: str, stat: str = "mean"):
+    from dataclasses import replace
+
+    model.config = replace(model.config, clip=replace(model.config.clip, readout=readout, stat=stat))
+    return model
+
+
+def test_z_max_readout_is_z_then_the_block_maxima_on_every_path():
+    """``z+max``: z unchanged, then each channel's maximum over the feature map of blocks 1-4, the same on the
+    training layout (BatchNorm modules) and the folded channels-last fast path."""
+    model = _with_readout(random_model(), "z+max")
+    x = torch.randn(8, 96, 96) * 2 - 6
+    with torch.no_grad():
+        ref = model.eval()(x)
+        z = _with_readout(random_model(), "z").eval()(x)
+        h = model.scale(x).unsqueeze(1)
+        maxima = []
+        for layer in model.audio.audio_encoder:
+            h = layer(h)
+            if isinstance(layer, torch.nn.ReLU) and len(maxima) < 4:
+                maxima.append(h.flatten(2).max(dim=2).values)
+        fast = model.optimize(fold_bn=True, channels_last=True)(x)
+    assert ref.shape == (8, model.config.readout_dim) == (8, 1152 + 4 * 128)
+    assert torch.equal(ref[:, :1152], z)
+    torch.testing.assert_close(ref[:, 1152:], torch.cat(maxima, 1), atol=0, rtol=0)
+    assert (fast - ref).abs().max().item() <= 1e-5
+    assert model.config.clip_dim == 1664 and _with_readout(model, "z+max", "meanstd").config.clip_dim == 3328

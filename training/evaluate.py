@@ -35,13 +35,33 @@ from .tasks import TASKS, read_task
 
 log = logging.getLogger("training.evaluate")
 
-# Clip recipes: name -> (front-end changes, statistics over the patch embeddings)
-RECIPES = {
-    "original": ({"pooling": "original"}, "mean"),  # the paper: 10-s noise padding, every chunk averaged
-    "signal": ({"pooling": "signal"}, "mean"),  # only chunks that hold signal
-    "signal_hop48": ({"pooling": "signal", "chunk_hop": 48}, "mean"),  # half-overlapping patches
-    "signal_hop48_meanstd": ({"pooling": "signal", "chunk_hop": 48}, "meanstd"),
+# Clip recipes: name -> overrides of a checkpoint's config (coala_embed.config): how the front-end cuts a clip
+# into patches, and how the clip vector is made of them
+_PAPER_CLIP = {"readout": "z", "stat": "mean"}
+RECIPES: dict[str, dict[str, dict]] = {
+    # the paper: 10-s noise padding, every chunk averaged
+    "original": {"frontend": {"pooling": "original", "chunk_hop": 96}, "clip": _PAPER_CLIP},
+    # only chunks that hold signal
+    "signal": {"frontend": {"pooling": "signal", "chunk_hop": 96}, "clip": _PAPER_CLIP},
+    # half-overlapping patches
+    "signal_hop48": {"frontend": {"pooling": "signal", "chunk_hop": 48}, "clip": _PAPER_CLIP},
+    "signal_hop48_meanstd": {
+        "frontend": {"pooling": "signal", "chunk_hop": 48},
+        "clip": {"readout": "z", "stat": "meanstd"},
+    },
+    # z beside the channel maxima of blocks 1-4 (ClipConfig)
+    "signal_zmax": {"frontend": {"pooling": "signal", "chunk_hop": 96}, "clip": {"readout": "z+max", "stat": "mean"}},
 }
+
+
+def with_recipe(config: CoalaConfig, recipe: str) -> CoalaConfig:
+    """``config`` with a recipe's front-end and clip settings."""
+    o = RECIPES[recipe]
+    return dataclasses.replace(
+        config,
+        frontend=dataclasses.replace(config.frontend, **o.get("frontend", {})),
+        clip=dataclasses.replace(config.clip, **o.get("clip", {})),
+    )
 
 
 # ------------------------------------------------------------------------------------------- features
@@ -68,16 +88,18 @@ def clip_features(frames: np.ndarray, offsets: np.ndarray, stat: str) -> np.ndar
     return np.stack([clip_vector(frames[a:b], stat) for a, b in zip(offsets[:-1], offsets[1:])]).astype(np.float32)
 
 
-def cached_features(
-    task: str, rows: list[dict], model: CoalaModel, cfg: FrontendConfig, stat: str, cache: Path, key: str | None
-) -> np.ndarray:
-    """Clip features of a task's clips under one model and recipe; cached per checkpoint file (``key``) so
-    that screening, selection and evaluation embed each checkpoint once."""
-    f = cache / task / f"clips-{key}-{cfg.pooling}-{cfg.chunk_hop}-{stat}.npy" if key else None
+def cached_features(task: str, rows: list[dict], model: CoalaModel, cache: Path, key: str | None) -> np.ndarray:
+    """Clip vectors of a task's clips under ``model.config`` (set a recipe with :func:`with_recipe`); cached per
+    checkpoint file (``key``) so that screening, selection and evaluation embed each checkpoint once."""
+    cfg, clip = model.config.frontend, model.config.clip
+    name = f"clips-{key}-{cfg.pooling}-{cfg.chunk_hop}-{clip.stat}" + (
+        "" if clip.readout == "z" else f"-{clip.readout}"
+    )
+    f = cache / task / f"{name}.npy" if key else None
     if f is not None and f.exists():
         return np.load(f)
     patches, offsets = task_patches(task, rows, cfg, cache)
-    feats = clip_features(embed_patches(model, patches, 256), offsets, stat)
+    feats = clip_features(embed_patches(model, patches, 256), offsets, clip.stat)
     if f is not None:
         save_npy(f, feats)
     return feats
@@ -254,6 +276,7 @@ def evaluate(data: Path, specs: list[str], recipes: list[str], split: str, seeds
         "rows": [],
     }
     models = dict(resolve_model(s, data) for s in specs)
+    base = {name: model.config for name, model in models.items()}
     keys = {name: checkpoint_key(spec, data) for spec, name in zip(specs, models)}
     for task, rows in tasks.items():
         t0 = time.time()
@@ -271,11 +294,10 @@ def evaluate(data: Path, specs: list[str], recipes: list[str], split: str, seeds
             r = speaker_folds(mfcc_features(task, rows, cache), rows, 1)
             results["rows"].append({"task": "digits_loso", "embedding": "mfcc", "recipe": "-", **r})
         for recipe in recipes:
-            changes, stat = RECIPES[recipe]
             for name, model in models.items():
                 t0 = time.time()
-                cfg = dataclasses.replace(model.config.frontend, **changes)
-                feats = cached_features(task, rows, model, cfg, stat, cache, keys[name])
+                model.config = with_recipe(base[name], recipe)
+                feats = cached_features(task, rows, model, cache, keys[name])
                 res = classify(*split_xy(feats, rows, split), seeds)
                 results["rows"].append({"task": task, "embedding": name, "recipe": recipe, **res})
                 log.info(

@@ -89,18 +89,12 @@ def git_commit() -> str:
 def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", recipe: str | None = None) -> Path:
     """Write ``out/config.json`` + ``out/model.safetensors`` for the run's checkpoint; ``recipe`` (a name in
     ``training.evaluate.RECIPES``) sets the default clip recipe chosen on the validation splits."""
-    import dataclasses
 
     model, meta = build_model(run, corpus, checkpoint)
     if recipe:
-        from .evaluate import RECIPES
+        from .evaluate import with_recipe
 
-        changes, stat = RECIPES[recipe]
-        if stat != "mean":
-            raise SystemExit(
-                f"recipe {recipe!r} changes the embedding size; only mean-pooled recipes can be the default"
-            )
-        model.config = dataclasses.replace(model.config, frontend=dataclasses.replace(model.config.frontend, **changes))
+        model.config = with_recipe(model.config, recipe)
     stats = json.loads((corpus / "stats.json").read_text()) if (corpus / "stats.json").exists() else {}
     info = {
         "variant": meta["run"]["variant"],

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Screening runs of issue 17: train one recipe with one seed for a fixed number of samples, then score its last
-# snapshot on the validation splits with the logistic-regression screen. Resumes; a finished step is skipped.
+# snapshot on the validation splits with the logistic-regression screen, with the paper's clip vector (mean of z)
+# and with z+max (ClipConfig). Resumes; a finished step is skipped.
 #
 #   bash training/screen.sh RECIPE SEED [SAMPLES]      # e.g. bash training/screen.sh sig 0
 #   nice -n 10 bash training/screen.sh wide 1 100000
@@ -31,6 +32,6 @@ if [ ! -e "$DATA/runs/$NAME/DONE" ]; then
     min_samples="$SAMPLES" seed="$SEED" ${SET[@]+"${SET[@]}"} >> "$DATA/logs/$NAME.log" 2>&1
 fi
 LAST=$(cd "$DATA/runs/$NAME" && ls snapshot_epoch*.pt | sort -V | tail -1)
-$PY -m training.evaluate --model "$NAME:$LAST" --recipe signal --split val --seeds 0 \
+$PY -m training.evaluate --model "$NAME:$LAST" --recipe signal --recipe signal_zmax --split val --seeds 0 \
   --out "$DATA/eval/$NAME" >> "$DATA/logs/$NAME.log" 2>&1
-echo "$NAME $LAST: $(tail -1 "$DATA/eval/$NAME/results_val.md")"
+tail -2 "$DATA/eval/$NAME/results_val.md" | sed "s/^/$NAME $LAST: /"

@@ -67,22 +67,20 @@ def score(data: Path, run_name: str, checkpoint: str, seeds: int, loaded: dict |
     ``loaded`` keeps each task's rows between calls; patches and clip features are cached on disk
     (``evaluate.cached_features``).
     """
-    import dataclasses
 
-    from .evaluate import RECIPES, cached_features, checkpoint_key, classify_mlp, resolve_model, split_xy
+    from .evaluate import cached_features, checkpoint_key, classify_mlp, resolve_model, split_xy, with_recipe
     from .tasks import TASKS, read_task
 
     loaded = {} if loaded is None else loaded
     spec = f"{run_name}:{checkpoint}"
     _, model = resolve_model(spec, data)
-    changes, stat = RECIPES["signal"]
-    cfg = dataclasses.replace(model.config.frontend, **changes)
+    model.config = with_recipe(model.config, "signal")
     out = {}
     for task in TASKS:
         if task not in loaded:
             loaded[task] = read_task(data / "tasks" / task)
         rows = loaded[task]
-        feats = cached_features(task, rows, model, cfg, stat, data / "eval-cache", checkpoint_key(spec, data))
+        feats = cached_features(task, rows, model, data / "eval-cache", checkpoint_key(spec, data))
         out[task] = round(100 * classify_mlp(*split_xy(feats, rows, "val"), seeds), 2)
     return out
 
