@@ -207,6 +207,23 @@ def chunk_starts(n_frames: int, cfg: FrontendConfig) -> np.ndarray:
     return starts
 
 
+def gather(spec: torch.Tensor, starts: np.ndarray, cfg: FrontendConfig, first_frame: int = 0) -> torch.Tensor:
+    """The patches ``[N, n_mels, patch_frames]`` of a log-mel spectrogram ``[n_mels, F]`` whose column 0 is frame
+    ``first_frame``, starting at the frames ``starts``: the one place patches are cut (whole clips, streamed
+    blocks and the HEAR wrapper)."""
+    if len(starts) == 0:
+        return torch.zeros(0, cfg.n_mels, cfg.patch_frames)
+    idx = torch.as_tensor(np.asarray(starts), dtype=torch.long)[:, None] - first_frame + torch.arange(cfg.patch_frames)
+    return spec[:, idx].permute(1, 0, 2).contiguous()
+
+
+def patch_times(starts: np.ndarray, cfg: FrontendConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end in seconds of the patches that start at the frames ``starts``."""
+    sec = cfg.hop_length / cfg.sample_rate
+    s = np.asarray(starts, dtype=np.int64)
+    return s * sec, (s + cfg.patch_frames) * sec
+
+
 def pad(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     """Pad mono audio at the model rate as the pooling mode requires, and dither it.
 
@@ -233,10 +250,7 @@ def patches_from_audio(audio: np.ndarray, cfg: FrontendConfig) -> Patches:
     duration = audio.shape[0] / cfg.sample_rate
     spec = log_mel(pad(audio, cfg), cfg)
     starts = chunk_starts(spec.shape[1], cfg)
-    index = torch.as_tensor(starts)[:, None] + torch.arange(cfg.patch_frames)[None, :]
-    patches = spec[:, index].permute(1, 0, 2).contiguous()  # [N, mel, time]
-    sec = cfg.hop_length / cfg.sample_rate
-    return Patches(patches, starts * sec, (starts + cfg.patch_frames) * sec, duration)
+    return Patches(gather(spec, starts, cfg), *patch_times(starts, cfg), duration)
 
 
 def prepare(audio: np.ndarray | torch.Tensor, sr: float, cfg: FrontendConfig, name: str = "audio") -> Patches:
@@ -292,21 +306,17 @@ class StreamingPatches:
         while self.next_start + p <= self.frame:
             starts.append(self.next_start)
             self.next_start += cfg.chunk_hop
-        if final and cfg.pooling == "signal" and self.frame >= p:
+        if final:  # chunk_starts's last-patch rule over the whole signal: a start beyond the grid, if any
             previous = starts[-1] if starts else self.last_start
-            if previous + p < self.frame:  # as chunk_starts: one last patch ending on the last frame
-                starts.append(self.frame - p)
+            starts += [int(s) for s in chunk_starts(self.frame, cfg)[-1:] if s > previous]
         if starts:
             self.last_start = starts[-1]
-        idx = torch.as_tensor(starts, dtype=torch.long)[:, None] - self.spec0 + torch.arange(p)[None, :]
-        patches = self.spec[:, idx].permute(1, 0, 2).contiguous() if starts else torch.zeros(0, cfg.n_mels, p)
+        patches = gather(self.spec, np.asarray(starts, dtype=np.int64), cfg, first_frame=self.spec0)
         keep_from = min(self.next_start, max(0, self.frame - p))  # keep one patch for the final one
         if keep_from > self.spec0:
             self.spec = self.spec[:, keep_from - self.spec0 :]
             self.spec0 = keep_from
-        sec = cfg.hop_length / cfg.sample_rate
-        s = np.asarray(starts, dtype=np.float64)
-        return Patches(patches, s * sec, (s + p) * sec, self.n / cfg.sample_rate)
+        return Patches(patches, *patch_times(np.asarray(starts), cfg), self.n / cfg.sample_rate)
 
     def push(self, block: np.ndarray, last: bool = False) -> Patches:
         block = np.asarray(block, dtype=np.float32)

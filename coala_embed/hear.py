@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .api import embed_patches, get_embedding
-from .frontend import dither, log_mel, resample
+from .frontend import dither, gather, log_mel, resample
 from .hub import load_model as _load
 from .model import CoalaModel
 
@@ -57,10 +57,10 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
         y = y + dither(len(y), cfg)
         spec = log_mel(y, cfg)
         n_ts = max(1, (spec.shape[1] - cfg.patch_frames) // model.hop_frames + 1)
-        starts = torch.arange(n_ts) * model.hop_frames
-        patches = spec[:, starts[:, None] + torch.arange(cfg.patch_frames)[None, :]].permute(1, 0, 2)
+        starts = np.arange(n_ts) * model.hop_frames
+        patches = gather(spec, starts, cfg)
         embs.append(torch.from_numpy(embed_patches(model.model, patches)[:, : model.timestamp_embedding_size]))
-        stamps.append(starts.double() * cfg.hop_length / cfg.sample_rate * 1000.0)
+        stamps.append(torch.from_numpy(starts * cfg.hop_length / cfg.sample_rate * 1000.0))
     return torch.stack(embs), torch.stack(stamps)
 
 
