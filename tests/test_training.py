@@ -370,3 +370,28 @@ def test_weight_decay_selects_adamw():
     opts = build_optimizers(cfg, build_models(cfg, 10))
     assert all(isinstance(o, torch.optim.AdamW) and o.defaults["weight_decay"] == 0.01 for o in opts)
     assert all(type(o) is torch.optim.Adam for o in build_optimizers(DEFAULTS, build_models(DEFAULTS, 10)))
+
+
+def test_the_run_config_carries_the_model_and_the_corpus_its_front_end(tmp_path):
+    """Encoder dimensions come from the run's ``model`` setting (as ModelConfig), and the checkpoint's front-end
+    from the corpus's ``frontend.json``: nothing is rebuilt from code defaults behind the config's back."""
+    import json
+
+    from coala_embed.config import FrontendConfig
+    from training.export import corpus_frontend
+    from training.train import build_models, load_config, model_config
+
+    cfg = load_config(
+        "training/configs/ae_c.json", ["model.channels=32", "model.embedding_dim=288", "model.dropout=0.1"]
+    )
+    models = build_models(cfg, n_tags=7)
+    assert models["audio_encoder"].audio_encoder[0].out_channels == 32
+    assert models["audio_encoder"].fc_audio[0].in_features == 288
+    assert models["tag_decoder"].tag_decoder[0].in_features == 288
+    assert model_config(cfg, 7).dropout == 0.1 and model_config(cfg, 7).n_tags == 7
+    (tmp_path / "frontend.json").write_text(
+        json.dumps({**FrontendConfig().__dict__, "n_mels": 64, "pooling": "original"})
+    )
+    fe = corpus_frontend(tmp_path)
+    assert fe.n_mels == 64 and fe.pooling == "signal"
+    assert corpus_frontend(tmp_path / "none") == FrontendConfig()

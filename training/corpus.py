@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -55,6 +56,9 @@ from .tags import build_vocabulary, drop_reason, multi_hot, normalize, path_toke
 log = logging.getLogger("training.corpus")
 MAX_SECONDS = 120.0  # longer files (music) are cut: enough patches, bounded memory
 MAX_DESC = 3000  # spoken stamp descriptions kept, so one voice does not dominate
+# The corpus's log-mels: the package's front-end with the original's 10-s padding (SPEC.md 1.2); recorded in
+# the corpus folder (frontend.json), from which export builds the checkpoint's front-end
+CORPUS_FRONTEND = FrontendConfig(pooling="original")
 
 
 def data_dir(arg: str | None = None) -> Path:
@@ -211,7 +215,7 @@ def compute_features(rows: list[dict], out: Path, workers: int = 2, shard: int =
     """Log-mel of every row, stored in shards of ``shard`` files (``features/NNNNN.npz``); resumes."""
     from tqdm import tqdm
 
-    cfg = FrontendConfig(pooling="original")
+    cfg = CORPUS_FRONTEND
     out.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(0, len(rows), shard) if not _shard_path(out, rows, i, shard).exists()]
     # "spawn": a forked child of a process whose torch thread pool is already running can deadlock in torch.stft.
@@ -385,6 +389,7 @@ def build(
         scaler_scale=scaler_scale,
     )
     (corpus / "vocabulary.json").write_text(json.dumps(vocab, indent=0) + "\n")
+    (corpus / "frontend.json").write_text(json.dumps(dataclasses.asdict(CORPUS_FRONTEND), indent=1) + "\n")
     with open(corpus / "manifest.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "source", "duration", "sample_rate", "split", "raw_tags", "tags"])

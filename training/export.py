@@ -29,6 +29,15 @@ def run_corpus(run: Path) -> Path:
     return run.parent.parent / name
 
 
+def corpus_frontend(corpus: Path) -> FrontendConfig:
+    """The front-end the corpus's log-mels were made with (``frontend.json``), with the package's default patch
+    cutting for inference (``pooling="signal"``); the package defaults for a corpus that does not record it."""
+    f = corpus / "frontend.json"
+    if not f.exists():
+        return FrontendConfig()
+    return dataclasses.replace(FrontendConfig(**json.loads(f.read_text())), pooling="signal")
+
+
 def build_model(run: Path, corpus: Path | None = None, checkpoint: str = "best.pt") -> tuple[CoalaModel, dict]:
     """A :class:`CoalaModel` holding the run's audio encoder (+ projection), tag encoder (+ projection),
     the scaler and vocabulary of ``corpus`` (default: the corpus the run was trained on)."""
@@ -39,9 +48,8 @@ def build_model(run: Path, corpus: Path | None = None, checkpoint: str = "best.p
     index = np.load(corpus / "index.npz")
     models = saved["models"]
     is_cnn = "cnn" in models
-    config = CoalaConfig(
-        FrontendConfig(), ModelConfig(n_tags=0 if is_cnn else len(vocab)), () if is_cnn else tuple(vocab)
-    )
+    model_cfg = ModelConfig(**{**cfg.get("model", {}), "n_tags": 0 if is_cnn else len(vocab)})
+    config = CoalaConfig(corpus_frontend(corpus), model_cfg, tags=() if is_cnn else tuple(vocab))
     if not is_cnn:  # the training split's distinct tag sets and their counts, for predict_tags' neighbour votes
         sets, counts = np.unique(index["labels"][~index["val"]] > 0, axis=0, return_counts=True)
         config = dataclasses.replace(

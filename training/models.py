@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from coala_embed.config import ModelConfig
 from coala_embed.model import AudioEncoder, TagEncoder
 
 __all__ = ["CNN", "AudioDecoder", "AudioEncoder", "FastDropout", "TagDecoder", "TagEncoder", "use_fast_dropout"]
@@ -98,9 +99,10 @@ class CNN(nn.Module):
     """The supervised tagger baseline: the AudioEncoder's conv stack (key prefix ``encoder``), then
     Linear(1152, 1152) + ReLU + Linear(1152, n_tags) + Sigmoid. Returns ``(z, y)``."""
 
-    def __init__(self, n_tags: int, dim: int = 1152) -> None:
+    def __init__(self, n_tags: int, cfg: ModelConfig = ModelConfig()) -> None:
         super().__init__()
-        self.encoder = AudioEncoder().audio_encoder
+        self.encoder = AudioEncoder(cfg).audio_encoder
+        dim = cfg.embedding_dim
         self.fc = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, n_tags), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from coala_embed.config import ModelConfig
 from coala_embed.device import cpu_name, resolve_precision
 from coala_embed.files import atomic_write
 from coala_embed.model import AudioEncoder, TagEncoder
@@ -40,6 +41,9 @@ log = logging.getLogger("training.train")
 
 DEFAULTS: dict = {
     "variant": "ae_c",  # ae_c | e_c | cnn
+    # The encoders' dimensions (coala_embed.config.ModelConfig, less n_tags, which the corpus gives); export
+    # writes them into the checkpoint's config.json
+    "model": {k: v for k, v in dataclasses.asdict(ModelConfig()).items() if k != "n_tags"},
     "loss_weights": {"audio": 5.0, "tag": 5.0, "contrastive": 10.0},
     "tau": 0.1,
     "optimizer": "adam",  # adam | sgd (the paper: two plain SGD, lr 5e-3)
@@ -172,14 +176,20 @@ def build_models(cfg: dict, n_tags: int) -> dict[str, nn.Module]:
     return models
 
 
+def model_config(cfg: dict, n_tags: int = 0) -> ModelConfig:
+    """The run's encoder dimensions (``cfg["model"]``) as the package's ModelConfig."""
+    return ModelConfig(**{**cfg.get("model", {}), "n_tags": n_tags})
+
+
 def _build_models(cfg: dict, n_tags: int) -> dict[str, nn.Module]:
+    mc = model_config(cfg, n_tags)
     if cfg["variant"] == "cnn":
-        return {"cnn": CNN(n_tags)}
-    models: dict[str, nn.Module] = {"audio_encoder": AudioEncoder(), "tag_encoder": TagEncoder(n_tags)}
+        return {"cnn": CNN(n_tags, mc)}
+    models: dict[str, nn.Module] = {"audio_encoder": AudioEncoder(mc), "tag_encoder": TagEncoder(n_tags, mc)}
     if cfg["loss_weights"]["audio"] > 0:
-        models["audio_decoder"] = AudioDecoder()
+        models["audio_decoder"] = AudioDecoder(mc.channels, mc.dropout)
     if cfg["loss_weights"]["tag"] > 0:
-        models["tag_decoder"] = TagDecoder(n_tags)
+        models["tag_decoder"] = TagDecoder(n_tags, mc.embedding_dim, mc.dropout)
     return models
 
 
