@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 
 from training import archives
-from training.corpus import build, download, read_manifest, scan
+from training.corpus import build, read_manifest, scan
+from training.debian import download
 from training.patches import fit_scaler, max_energy_start, read_hdf5, window_starts, write_hdf5
 from training.sources import EXCLUDED_PACKAGES, FORBIDDEN_PACKAGES, PRETRAIN_PACKAGES, SOUNDFONTS, SOURCES
 from training.tags import build_vocabulary, multi_hot, normalize, path_tokens, tokenize

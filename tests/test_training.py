@@ -268,7 +268,8 @@ def test_run_sh_smoke(tmp_path):
 
 
 def test_selection_candidates(tmp_path):
-    from training.select import candidates, selected_checkpoint
+    from training.checkpoints import selected_checkpoint
+    from training.select import candidates
 
     for e in range(30):
         (tmp_path / f"snapshot_epoch{e}.pt").touch()
@@ -283,7 +284,7 @@ def test_selection_candidates(tmp_path):
 
 
 def test_a_run_is_read_with_the_corpus_it_was_trained_on(tmp_path):
-    from training.export import run_corpus
+    from training.checkpoints import run_corpus
 
     run = tmp_path / "runs" / "ae_c2"
     run.mkdir(parents=True)
@@ -378,7 +379,7 @@ def test_the_run_config_carries_the_model_and_the_corpus_its_front_end(tmp_path)
     import json
 
     from coala_embed.config import FrontendConfig
-    from training.export import corpus_frontend
+    from training.checkpoints import corpus_frontend
     from training.train import build_models, load_config, model_config
 
     cfg = load_config(

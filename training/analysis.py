@@ -12,7 +12,6 @@ dimensions would be degenerate), then the canonical correlations are the singula
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -24,9 +23,8 @@ import torch
 from coala_embed.api import embed_patches
 from coala_embed.config import FrontendConfig
 
-from .corpus import data_dir
-from .evaluate import resolve_model, spec_run
-from .export import run_corpus
+from .checkpoints import resolve_model, run_corpus, spec_run
+from .cli import parser, start
 
 log = logging.getLogger("training.analysis")
 
@@ -122,15 +120,12 @@ def descriptors(corpus: Path) -> dict[str, np.ndarray]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data")
+    p = parser(__doc__)
     p.add_argument("--model", action="append", default=[])
     p.add_argument("--pcs", type=int, default=20)
     p.add_argument("--corpus", default=None, help="corpus whose validation sounds are analysed (default: AE-C's)")
     p.add_argument("--out", type=Path, default=None)
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    root = data_dir(a.data)
+    a, root = start(p, argv)
     corpus = root / a.corpus if a.corpus else run_corpus(root / "runs" / "ae_c")
     out = a.out or root / "eval"
     out.mkdir(parents=True, exist_ok=True)

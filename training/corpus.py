@@ -6,7 +6,6 @@ log-mels with the package's own front-end, split, scaler. Every stage resumes an
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import gzip
@@ -14,10 +13,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -31,12 +27,13 @@ from coala_embed.errors import AudioError
 from coala_embed.files import save_npz
 from coala_embed.frontend import log_mel, pad, resample
 
-from . import archives, notes
+from . import notes
+from .cli import parser, start
+from .debian import download, extract
 from .patches import fit_scaler, max_energy_start, window_starts
 from .sources import (
     ALL_SOUNDFONTS,
     ALL_SOURCES,
-    ARCHIVE_EXTENSIONS,
     AUDIO_EXTENSIONS,
     DICTIONARY,
     EXCLUDED_DIRS,
@@ -49,7 +46,6 @@ from .sources import (
     SOURCES,
     SPEECH_SOURCES,
     WIDE_SOURCES,
-    forbidden,
 )
 from .tags import build_vocabulary, drop_reason, multi_hot, normalize, path_tokens, read_words, tokenize
 
@@ -61,57 +57,7 @@ MAX_DESC = 3000  # spoken stamp descriptions kept, so one voice does not dominat
 CORPUS_FRONTEND = FrontendConfig(pooling="original")
 
 
-def data_dir(arg: str | None = None) -> Path:
-    """The data folder: ``--data``, else ``COALA_EMBED_DATA``, else ``~/.cache/coala-embed``."""
-    return Path(arg or os.environ.get("COALA_EMBED_DATA") or Path.home() / ".cache" / "coala-embed")
-
-
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
 # ---------------------------------------------------------------------------------------------- fetch
-def download(packages: list[str], debs: Path, allow_excluded: bool = False) -> dict[str, str]:
-    """``apt-get download`` each package once; return package -> version. The evaluation packages are
-    refused unless ``allow_excluded`` (only ``training/tasks.py`` sets it); forbidden ones always are."""
-    debs.mkdir(parents=True, exist_ok=True)
-    versions = {}
-    for pkg in packages:
-        if forbidden(pkg) or (pkg in EXCLUDED_PACKAGES and not allow_excluded):
-            raise ValueError(f"{pkg} must never be part of the pretraining corpus")
-        found = sorted(debs.glob(f"{pkg}_*.deb"))
-        if not found:
-            log.info("downloading %s", pkg)
-            try:
-                run(["apt-get", "download", pkg], cwd=debs)
-            except subprocess.CalledProcessError as e:
-                log.warning("cannot download %s (%s); run `apt-get update` first", pkg, e.stderr.strip()[-200:])
-                continue
-            found = sorted(debs.glob(f"{pkg}_*.deb"))
-        versions[pkg] = run(["dpkg-deb", "-f", str(found[-1]), "Version"]).stdout.strip()
-    return versions
-
-
-def extract(pkg: str, debs: Path, root: Path, unpack: bool = True) -> Path | None:
-    """``dpkg-deb -x`` into ``root/pkg`` (marked done by ``.done`` so that an interrupted unpack reruns);
-    with ``unpack``, also the audio inside the package's archives."""
-    out = root / pkg
-    if (out / ".done").exists():
-        if unpack and not (out / ".unpacked").exists():
-            archives.unpack_all(out, AUDIO_EXTENSIONS, ARCHIVE_EXTENSIONS)
-            (out / ".unpacked").touch()
-        return out
-    found = sorted(debs.glob(f"{pkg}_*.deb"))
-    if not found:
-        return None
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    run(["dpkg-deb", "-x", str(found[-1]), str(out)])
-    (out / ".done").touch()
-    if unpack:
-        archives.unpack_all(out, AUDIO_EXTENSIONS, ARCHIVE_EXTENSIONS)
-        (out / ".unpacked").touch()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- scan
@@ -441,8 +387,7 @@ def corpus_stats(rows, labels, vocab, versions, seconds) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
+    p = parser(__doc__)
     p.add_argument("--manifest", type=Path, help="build from your own CSV (path, tags) instead of the Debian sources")
     p.add_argument("--smoke", action="store_true", help="a tiny generated collection, through the --manifest path")
     p.add_argument("--name", default="corpus", help="corpus folder name inside the data folder")
@@ -452,9 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speech", action="store_true", help="add the opt-in speech packages (training/sources.py)")
     p.add_argument("--fm-notes", action="store_true", help="add notes of the opt-in FM soundfont (training/sources.py)")
     p.add_argument("--wide", action="store_true", help="add the opt-in wider corpus (training/sources.py WIDE_SOURCES)")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    data = data_dir(a.data)
+    a, data = start(p, argv)
     words = None
     if a.smoke:
         from .smoke import make_collection

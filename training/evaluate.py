@@ -12,7 +12,6 @@ scores the test split once, for the tables. Results go to ``OUT/results_<split>.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -25,12 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coala_embed import CoalaConfig, CoalaModel, load_model
+from coala_embed import CoalaConfig, CoalaModel
 from coala_embed.api import clip_vector, embed_patches, file_patches
 from coala_embed.config import FrontendConfig
 from coala_embed.files import atomic_write, save_npy
 
-from .corpus import data_dir
+from .checkpoints import checkpoint_key, machine, resolve_model
+from .cli import parser, start
 from .tasks import TASKS, read_task
 
 log = logging.getLogger("training.evaluate")
@@ -105,21 +105,6 @@ def cached_features(task: str, rows: list[dict], model: CoalaModel, cache: Path,
     return feats
 
 
-def checkpoint_key(spec: str, data: Path) -> str | None:
-    """A key naming the exact checkpoint file a run spec resolves to (path, size, time); None for ``random``
-    and exported folders, which are not cached."""
-    import hashlib
-
-    run = spec_run(spec, data)
-    if run is None:
-        return None
-    from .select import selected_checkpoint
-
-    path = run / (spec.partition(":")[2] or selected_checkpoint(run))
-    st = path.stat()
-    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-
-
 def mfcc_features(task: str, rows: list[dict], cache: Path) -> np.ndarray:
     """The MFCC baseline exactly as SPEC.md 7.3: 20 MFCCs (n_fft 2048, hop 512, 128 mels, dB) + deltas,
     mean and variance of each over time: 120-d; audio at 22 kHz, no padding."""
@@ -158,35 +143,6 @@ def mfcc_features(task: str, rows: list[dict], cache: Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- models
-def spec_run(spec: str, data: Path) -> Path | None:
-    """The run folder a model spec names (``NAME`` or ``NAME:FILE``); None for ``random`` and ``NAME=PATH``."""
-    if "=" in spec or spec == "random":
-        return None
-    return data / "runs" / spec.partition(":")[0]
-
-
-def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
-    """``NAME`` (a run in DATA/runs: the checkpoint ``training.select`` chose, else its best.pt), ``NAME:FILE`` (another checkpoint of that run, e.g.
-    ``ae_c:snapshot_epoch4.pt``), ``random`` (untrained encoder with the corpus scaler), or ``NAME=PATH`` (an
-    exported folder, e.g. ``shipped=weights``)."""
-    from .export import build_model
-
-    run = spec_run(spec, data)
-    if run is not None:
-        from .select import selected_checkpoint
-
-        checkpoint = spec.partition(":")[2]
-        model, _ = build_model(run, checkpoint=checkpoint or selected_checkpoint(run))
-        return spec, model.optimize()
-    if spec == "random":
-        torch.manual_seed(0)
-        model = CoalaModel(CoalaConfig())
-        index = np.load(data / "corpus" / "index.npz")
-        model.scaler_min.copy_(torch.from_numpy(index["scaler_min"]))
-        model.scaler_scale.copy_(torch.from_numpy(index["scaler_scale"]))
-        return "random", model.eval().optimize()
-    name, path = spec.split("=", 1)
-    return name, load_model(path, device="cpu")
 
 
 # ------------------------------------------------------------------------------------------- protocol
@@ -266,8 +222,6 @@ def speaker_folds(feats: np.ndarray, rows: list[dict], seeds: int) -> dict:
 def evaluate(data: Path, specs: list[str], recipes: list[str], split: str, seeds: int, out: Path, loso: bool) -> dict:
     cache = data / "eval-cache"
     tasks = {t: read_task(data / "tasks" / t) for t in TASKS}
-    from .export import machine
-
     results: dict = {
         "split": split,
         "seeds": seeds,
@@ -350,8 +304,7 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
+    p = parser(__doc__)
     p.add_argument(
         "--model", action="append", default=[], help="run name in DATA/runs, 'random', or NAME=FOLDER (repeatable)"
     )
@@ -360,9 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10, help="MLP seeds; 0: logistic-regression screen only (fast)")
     p.add_argument("--loso", action="store_true", help="also leave-one-speaker-out on digits")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: DATA/eval)")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    root = data_dir(a.data)
+    a, root = start(p, argv)
     res = evaluate(
         root, a.model or ["ae_c", "random"], a.recipe or list(RECIPES), a.split, a.seeds, a.out or root / "eval", a.loso
     )

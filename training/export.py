@@ -5,84 +5,15 @@ python -m training.export [--run DATA/runs/ae_c] [--out weights] [--card]
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+from coala_embed import save_pretrained
 
-from coala_embed import CoalaConfig, CoalaModel, FrontendConfig, ModelConfig, save_pretrained
-
-from .corpus import data_dir
-
-
-def run_corpus(run: Path) -> Path:
-    """The corpus folder a run was trained on (its resolved ``config.json``'s ``corpus``, a folder of the data
-    folder that holds ``runs/``); ``DATA/corpus`` for runs without one."""
-    cfg = run / "config.json"
-    name = json.loads(cfg.read_text()).get("corpus", "corpus") if cfg.exists() else "corpus"
-    return run.parent.parent / name
-
-
-def corpus_frontend(corpus: Path) -> FrontendConfig:
-    """The front-end the corpus's log-mels were made with (``frontend.json``), with the package's default patch
-    cutting for inference (``pooling="signal"``); the package defaults for a corpus that does not record it."""
-    f = corpus / "frontend.json"
-    if not f.exists():
-        return FrontendConfig()
-    return dataclasses.replace(FrontendConfig(**json.loads(f.read_text())), pooling="signal")
-
-
-def build_model(run: Path, corpus: Path | None = None, checkpoint: str = "best.pt") -> tuple[CoalaModel, dict]:
-    """A :class:`CoalaModel` holding the run's audio encoder (+ projection), tag encoder (+ projection),
-    the scaler and vocabulary of ``corpus`` (default: the corpus the run was trained on)."""
-    corpus = corpus or run_corpus(run)
-    saved = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
-    cfg = json.loads(saved["config"])
-    vocab = json.loads((corpus / "vocabulary.json").read_text())
-    index = np.load(corpus / "index.npz")
-    models = saved["models"]
-    is_cnn = "cnn" in models
-    model_cfg = ModelConfig(**{**cfg.get("model", {}), "n_tags": 0 if is_cnn else len(vocab)})
-    config = CoalaConfig(corpus_frontend(corpus), model_cfg, tags=() if is_cnn else tuple(vocab))
-    if not is_cnn:  # the training split's distinct tag sets and their counts, for predict_tags' neighbour votes
-        sets, counts = np.unique(index["labels"][~index["val"]] > 0, axis=0, return_counts=True)
-        config = dataclasses.replace(
-            config,
-            tag_sets=tuple(tuple(int(i) for i in np.flatnonzero(row)) for row in sets),
-            tag_set_counts=tuple(int(c) for c in counts),
-        )
-    model = CoalaModel(config)
-    if is_cnn:
-        enc = {f"audio_encoder.{k[len('encoder.') :]}": v for k, v in models["cnn"].items() if k.startswith("encoder.")}
-        missing = model.audio.load_state_dict(enc, strict=False)
-        assert missing.missing_keys == ["fc_audio.0.weight"], missing  # the CNN has no projection head
-    else:
-        model.audio.load_state_dict(models["audio_encoder"])
-        model.tag.load_state_dict(models["tag_encoder"])
-    model.scaler_min.copy_(torch.from_numpy(index["scaler_min"]))
-    model.scaler_scale.copy_(torch.from_numpy(index["scaler_scale"]))
-    return model.eval(), {"run": cfg, "row": saved.get("row", {})}
-
-
-def machine() -> str:
-    """CPU model and core count, e.g. 'Intel(R) Xeon(R) ... (2 cores)'."""
-    import os
-
-    name = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name} ({os.cpu_count()} cores)"
+from .checkpoints import build_model, machine, run_corpus, selected_checkpoint
+from .cli import parser, start
 
 
 def git_commit() -> str:
@@ -229,8 +160,7 @@ training/README.md's results log).
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
+    p = parser(__doc__)
     p.add_argument("--run", help="run folder (default: DATA/runs/ae_c)")
     p.add_argument("--corpus", default=None, help="corpus folder name (default: the one the run was trained on)")
     p.add_argument(
@@ -243,11 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         "--recipe", default=None, help="default clip recipe (see training/evaluate.py), chosen on validation"
     )
     p.add_argument("--card", type=Path, default=None, help="evaluation folder: also write the model card README.md")
-    a = p.parse_args(argv)
-    root = data_dir(a.data)
+    a, root = start(p, argv)
     run = Path(a.run) if a.run else root / "runs" / "ae_c"
-    from .select import selected_checkpoint
-
     checkpoint = a.checkpoint or selected_checkpoint(run)
     corpus = root / a.corpus if a.corpus else run_corpus(run)
     folder = export(run, corpus, Path(a.out), checkpoint, a.recipe)

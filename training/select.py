@@ -16,7 +16,6 @@ can be scored while training runs (``--score-only``) and the final selection onl
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -26,10 +25,10 @@ from pathlib import Path
 
 from coala_embed.files import atomic_write
 
-from .corpus import data_dir
+from .checkpoints import SELECTED, checkpoint_key, resolve_model
+from .cli import parser, start
 
 log = logging.getLogger(__name__)
-SELECTED = "selected.json"
 CACHE = "selection_scores.json"
 
 
@@ -50,12 +49,6 @@ def candidates(run: Path, every: int) -> list[str]:
     return [f"snapshot_epoch{e}.pt" for e in chosen] + (["best.pt"] if (run / "best.pt").exists() else [])
 
 
-def selected_checkpoint(run: Path) -> str:
-    """The checkpoint chosen by this stage for ``run``, or ``best.pt`` when the stage has not run."""
-    f = run / SELECTED
-    return json.loads(f.read_text())["checkpoint"] if f.exists() else "best.pt"
-
-
 def _key(path: Path, seeds: int) -> str:
     st = path.stat()
     return f"{path.name}|{st.st_size}|{st.st_mtime_ns}|{seeds}"
@@ -68,7 +61,7 @@ def score(data: Path, run_name: str, checkpoint: str, seeds: int, loaded: dict |
     (``evaluate.cached_features``).
     """
 
-    from .evaluate import cached_features, checkpoint_key, classify_mlp, resolve_model, split_xy, with_recipe
+    from .evaluate import cached_features, classify_mlp, split_xy, with_recipe
     from .tasks import TASKS, read_task
 
     loaded = {} if loaded is None else loaded
@@ -131,16 +124,13 @@ def score_while_training(data: Path, run_name: str, every: int, seeds: int) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
+    p = parser(__doc__)
     p.add_argument("--run", default="ae_c", help="run name in DATA/runs")
     p.add_argument("--every", type=int, default=8, help="score every this-many-th epoch (and the last, and best.pt)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--score-only", action="store_true", help="only fill the score cache, choose nothing")
     p.add_argument("--wait", action="store_true", help="with --score-only: keep scoring new snapshots until DONE")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    root = data_dir(a.data)
+    a, root = start(p, argv)
     if a.score_only:
         if a.wait:
             score_while_training(root, a.run, a.every, a.seeds)

@@ -21,7 +21,6 @@ Each task is a folder ``DATA/tasks/<name>/`` with ``task.csv`` (path, label, spl
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -36,7 +35,8 @@ import soundfile as sf
 
 from coala_embed.files import atomic_write
 
-from .corpus import data_dir, download, extract
+from .cli import parser, start
+from .debian import download, extract
 from .notes import GM_DRUMS, GM_FAMILIES, GM_PROGRAMS, render_notes
 
 log = logging.getLogger("training.tasks")
@@ -276,12 +276,10 @@ def build_all(data: Path, fsdd: Path = DEFAULT_FSDD) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
+    p = parser(__doc__)
     p.add_argument("--fsdd", type=Path, default=DEFAULT_FSDD, help="FSDD recordings folder")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name, folder in build_all(data_dir(a.data), a.fsdd).items():
+    a, data = start(p, argv)
+    for name, folder in build_all(data, a.fsdd).items():
         card = json.loads((folder / "card.json").read_text())
         print(name, card["files"], "files", card["hours"], "h", len(card["classes"]), "classes")
     return 0

@@ -10,7 +10,6 @@ Everything lands in ``OUT`` (default ``DATA/runs/<variant>``): ``config.json`` (
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -32,7 +31,7 @@ from coala_embed.files import atomic_write
 from coala_embed.model import AudioEncoder, TagEncoder
 
 from .augment import Augment, augment, drop_tags, mel_centres
-from .corpus import data_dir
+from .cli import parser, start
 from .losses import generalised_kl, nt_xent, tag_bce
 from .models import CNN, AudioDecoder, TagDecoder, use_fast_dropout
 from .patches import PATCH, window_starts
@@ -535,15 +534,12 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("config", help="a JSON file in training/configs/")
-    p.add_argument("--data", help="data folder (default: $COALA_EMBED_DATA or ~/.cache/coala-embed)")
     p.add_argument("--out", help="run folder (default: DATA/runs/<variant>)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override settings, e.g. lr=5e-3")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    a, root = start(p, argv)
     cfg = load_config(a.config, a.set)
-    root = data_dir(a.data)
     out = Path(a.out) if a.out else root / "runs" / cfg.get("name", cfg["variant"])
     try:
         train(cfg, root, out)
