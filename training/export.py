@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from coala_embed import save_pretrained
+from coala_embed import CoalaConfig, save_pretrained
 
 from .checkpoints import build_model, machine, run_corpus, selected_checkpoint
 from .cli import parser, start
@@ -70,6 +70,14 @@ def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
         for k, v in sorted(stats.get("sources", {}).items(), key=lambda kv: -kv[1]["files"])
     )
     fe = cfg["frontend"]
+    clip = cfg.get("clip", {"readout": "z", "stat": "mean"})
+    clip_dim = CoalaConfig.from_dict(cfg).clip_dim
+    clip_text = (
+        "the mean of the patch embeddings z (the paper's)"
+        if clip["readout"] == "z"
+        else "z beside each channel's maximum over the feature maps of convolution blocks 1-4, per patch, "
+        'averaged over the patches (`clip.readout = "z+max"`; `frames=True` still gives z)'
+    ) + ("" if clip["stat"] == "mean" else ", with the standard deviation beside the mean")
     hours = info.get("training_seconds") or 0
     seen = info.get("samples_seen") or 0
     decay = "".join(f", x{f:g} from {int(at):,} samples" for at, f in info.get("lr_milestones") or [] if at <= seen)
@@ -101,7 +109,7 @@ the min-max scaler of the training patches.
 ```python
 from coala_embed import get_embedding, load_model
 model = load_model()                 # this checkpoint is the package's default
-emb = get_embedding(audio, sr, model=model)   # [1152] float32
+emb = get_embedding(audio, sr, model=model)   # [{clip_dim}] float32
 ```
 
 ## Training
@@ -114,6 +122,7 @@ emb = get_embedding(audio, sr, model=model)   # [1152] float32
 - Validation losses: {json.dumps({k: round(v, 4) for k, v in info.get("validation_losses", {}).items()})}
 - Front-end: {fe["sample_rate"]} Hz, STFT {fe["n_fft"]}/{fe["hop_length"]}, {fe["n_mels"]} Slaney mel bands, natural log,
   96-frame patches (2.23 s); clip recipe `{fe["pooling"]}` with a patch hop of {fe["chunk_hop"]} frames.
+- Clip vector ({clip_dim}-d): {clip_text}.
 
 ## Training data
 
