@@ -30,7 +30,7 @@ class _DefaultGroup(click.Group):
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="coala-embed")
 def main() -> None:
-    """Embed audio files with COALA (1152-d float32 vectors, one per file).
+    """Embed audio files with COALA (one float32 vector per file: 1664-d with the bundled checkpoint).
 
     \b
       coala-embed audio_dir/ -o feats.npy            embed a folder (recursive)
@@ -197,6 +197,14 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
     "The manifest records the precision that ran.",
 )
 @click.option(
+    "--readout",
+    type=click.Choice(["z", "z+max"]),
+    default=None,
+    help="What each clip row averages over the patches [default: the checkpoint's; the bundled one: z+max]: z+max "
+    "is the code z beside the channel maxima of the encoder's blocks 1-4 (1664 columns), z the paper's code alone "
+    "(1152). --frames always holds z.",
+)
+@click.option(
     "--hop",
     type=click.IntRange(1, 96),
     default=None,
@@ -219,10 +227,11 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs and discard interrupted progress.")
 @click.option("--max-hours", default=24.0, show_default=True, help="Files longer than this are reported as failures.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
-def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, precision, hop, fast_frontend, shard, resume, force, max_hours, quiet) -> None:  # fmt: skip
+def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, precision, readout, hop, fast_frontend, shard, resume, force, max_hours, quiet) -> None:  # fmt: skip
     """Embed INPUTS (files and folders) into one matrix with a manifest.
 
-    Writes OUTPUT ([N, 1152] float32 rows, one per file that worked, in sorted path order) and, beside
+    Writes OUTPUT ([N, D] float32 rows, one per file that worked, in sorted path order; D = 1664 with the
+    bundled checkpoint, see --readout) and, beside
     it, OUTPUT-stem.manifest.json: for every input its row or its error, its duration, the model (source,
     sha256), the front-end settings and the package version. Outputs are written atomically. Progress is
     kept in OUTPUT.partial/ so that `--resume` finishes a killed run with the same result.
@@ -256,10 +265,10 @@ def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, follow_links, weight
             raise click.UsageError(f"--shard must be K/N with 1 <= K <= N, got {shard!r}") from None
     with _locked(out):
         _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers,
-                      precision, hop, fast_frontend, shard, k, n, resume, force, max_hours, quiet)  # fmt: skip
+                      precision, readout, hop, fast_frontend, shard, k, n, resume, force, max_hours, quiet)  # fmt: skip
 
 
-def _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, precision, hop, fast_frontend, shard, k, n, resume, force, max_hours, quiet) -> None:  # fmt: skip
+def _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, precision, readout, hop, fast_frontend, shard, k, n, resume, force, max_hours, quiet) -> None:  # fmt: skip
     """The embed command once the output is held (cli.embed_cmd took its lock)."""
     from .audio_io import AUDIO_EXTENSIONS, find_audio
 
@@ -282,6 +291,8 @@ def _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_li
         model.config = model.config.replace(stft_dtype="float32")
     if hop is not None:
         model.config = model.config.replace(chunk_hop=hop)
+    if readout is not None:
+        model.config = model.config.with_clip(readout=readout)
     if workers is None:
         workers = batch.default_workers(model.device.type)
     opts = batch.Options(

@@ -182,6 +182,10 @@ class CoalaConfig:
         """Width of a clip vector: the readout, twice with ``stat="meanstd"``."""
         return self.readout_dim * (2 if self.clip.stat == "meanstd" else 1)
 
+    def with_clip(self, **clip_changes: Any) -> CoalaConfig:
+        """A copy with other clip-vector settings, e.g. ``cfg.with_clip(readout="z")`` for the paper's mean of z."""
+        return dataclasses.replace(self, clip=dataclasses.replace(self.clip, **clip_changes))
+
     def replace(self, **frontend_changes: Any) -> CoalaConfig:
         """A copy with some front-end settings changed, e.g. ``cfg.replace(pooling="original")``."""
         return dataclasses.replace(self, frontend=dataclasses.replace(self.frontend, **frontend_changes))

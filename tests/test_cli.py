@@ -403,3 +403,18 @@ def test_default_workers_follow_the_cores_and_the_device():
     assert [default_workers("cpu", n) for n in (1, 2, 4, 16)] == [2, 2, 2, 8]
     assert [default_workers("cuda", n) for n in (2, 4, 16)] == [2, 2, 14]
     assert default_workers("cpu") >= 2
+
+
+def test_the_bundled_checkpoint_ships_z_max_and_readout_z_gives_the_paper_s_vector(tmp_path):
+    """The shipped config's clip vector is z+max (1664 columns; README "Deviations"); ``--readout z`` gives the
+    paper's mean of z, which is the first 1152 columns of it."""
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    assert run("embed", examples, "-o", tmp_path / "a.npy").exit_code == 0
+    assert run("embed", examples, "-o", tmp_path / "b.npy", "--readout", "z").exit_code == 0
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert a.shape == (3, 1664) and b.shape == (3, 1152)
+    np.testing.assert_allclose(a[:, :1152], b, atol=1e-6)
+    assert manifest(tmp_path / "a.npy")["clip"] == {"readout": "z+max", "stat": "mean"}
+    assert manifest(tmp_path / "b.npy")["clip"] == {"readout": "z", "stat": "mean"}

@@ -95,6 +95,6 @@ fi
 stop_after evaluate
 
 if stage export; then
-  $PY -m training.export --run "$DATA/runs/ae_c" --out "$OUT" --card "$DATA/eval"
+  $PY -m training.export --run "$DATA/runs/ae_c" --out "$OUT" --card "$DATA/eval" --recipe signal_zmax
 fi
 echo "== done: $OUT"

@@ -2,8 +2,8 @@
 
 Training saves the encoders of every epoch (``snapshot_epochN.pt``); the lowest validation *loss* (``best.pt``)
 is not always the best *embedding*. This stage scores candidate checkpoints with the evaluation protocol
-(``training/evaluate.py``: ``signal`` recipe, MLP probe, mean accuracy over ``--seeds`` seeds) on the three
-validation splits and writes ``RUN/selected.json``; ``training.evaluate --model NAME`` and
+(``training/evaluate.py``: the clip recipe the checkpoint ships with, ``signal_zmax``; MLP probe, mean accuracy
+over ``--seeds`` seeds) on the five validation splits and writes ``RUN/selected.json``; ``training.evaluate --model NAME`` and
 ``training.export`` then use that checkpoint. The highest mean accuracy over the tasks wins.
 
 Candidates: every ``--every``-th epoch of the whole run (epochs every/2, 3*every/2, ...), the last epoch and
@@ -49,13 +49,18 @@ def candidates(run: Path, every: int) -> list[str]:
     return [f"snapshot_epoch{e}.pt" for e in chosen] + (["best.pt"] if (run / "best.pt").exists() else [])
 
 
-def _key(path: Path, seeds: int) -> str:
+RECIPE = "signal_zmax"  # the clip recipe the checkpoint ships with (training/run.sh exports with it)
+
+
+def _key(path: Path, seeds: int, recipe: str = RECIPE) -> str:
     st = path.stat()
-    return f"{path.name}|{st.st_size}|{st.st_mtime_ns}|{seeds}"
+    return f"{path.name}|{st.st_size}|{st.st_mtime_ns}|{seeds}" + ("" if recipe == "signal" else f"|{recipe}")
 
 
-def score(data: Path, run_name: str, checkpoint: str, seeds: int, loaded: dict | None = None) -> dict[str, float]:
-    """Validation accuracy (%) of one checkpoint on each task: ``signal`` recipe, MLP(256), mean over seeds.
+def score(
+    data: Path, run_name: str, checkpoint: str, seeds: int, loaded: dict | None = None, recipe: str = RECIPE
+) -> dict[str, float]:
+    """Validation accuracy (%) of one checkpoint on each task: the clip ``recipe``, MLP(256), mean over seeds.
 
     ``loaded`` keeps each task's rows between calls; patches and clip features are cached on disk
     (``evaluate.cached_features``).
@@ -67,7 +72,7 @@ def score(data: Path, run_name: str, checkpoint: str, seeds: int, loaded: dict |
     loaded = {} if loaded is None else loaded
     spec = f"{run_name}:{checkpoint}"
     _, model = resolve_model(spec, data)
-    model.config = with_recipe(model.config, "signal")
+    model.config = with_recipe(model.config, recipe)
     out = {}
     for task in TASKS:
         if task not in loaded:
@@ -78,7 +83,9 @@ def score(data: Path, run_name: str, checkpoint: str, seeds: int, loaded: dict |
     return out
 
 
-def scores_for(data: Path, run_name: str, names: list[str], seeds: int) -> dict[str, dict[str, float]]:
+def scores_for(
+    data: Path, run_name: str, names: list[str], seeds: int, recipe: str = RECIPE
+) -> dict[str, dict[str, float]]:
     """Scores of ``names``, from the cache where the same file was already scored with the same seeds."""
     run = data / "runs" / run_name
     cache_file = run / CACHE
@@ -86,10 +93,10 @@ def scores_for(data: Path, run_name: str, names: list[str], seeds: int) -> dict[
     loaded: dict = {}
     out = {}
     for name in names:
-        key = _key(run / name, seeds)
+        key = _key(run / name, seeds, recipe)
         if key not in cache:
             t0 = time.time()
-            cache[key] = score(data, run_name, name, seeds, loaded)
+            cache[key] = score(data, run_name, name, seeds, loaded, recipe)
             log.info("%s: %s (%.0f s)", name, cache[key], time.time() - t0)
             text = json.dumps(cache, indent=1) + "\n"
             atomic_write(cache_file, lambda tmp, text=text: tmp.write_text(text))
@@ -97,13 +104,14 @@ def scores_for(data: Path, run_name: str, names: list[str], seeds: int) -> dict[
     return out
 
 
-def select(data: Path, run_name: str, every: int, seeds: int) -> dict:
+def select(data: Path, run_name: str, every: int, seeds: int, recipe: str = RECIPE) -> dict:
     run = data / "runs" / run_name
     names = candidates(run, every)
-    scores = scores_for(data, run_name, names, seeds)
+    scores = scores_for(data, run_name, names, seeds, recipe)
     means = {n: round(sum(s.values()) / len(s), 2) for n, s in scores.items()}
     best = max(names, key=lambda n: means[n])  # ties: the earlier candidate
-    out = {"checkpoint": best, "mean_val_accuracy": means[best], "seeds": seeds, "scores": scores, "means": means}
+    out = {"checkpoint": best, "mean_val_accuracy": means[best], "seeds": seeds, "recipe": recipe, "scores": scores,
+           "means": means}  # fmt: skip
     atomic_write(run / SELECTED, lambda tmp: tmp.write_text(json.dumps(out, indent=1) + "\n"))
     log.info("selected %s (mean validation accuracy %.2f)", best, means[best])
     return out
