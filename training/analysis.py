@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from coala_embed.api import embed_patches
-from coala_embed.config import FrontendConfig
 
 from .checkpoints import resolve_model, run_corpus, spec_run
 from .cli import parser, start
+from .corpus import CORPUS_FRONTEND
+from .patches import PATCH
 
 log = logging.getLogger("training.analysis")
 
@@ -35,7 +36,7 @@ def val_patches(corpus: Path) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     logmel = np.load(corpus / "logmel.npy", mmap_mode="r")
     idx = np.flatnonzero(z["val"])
     starts = z["max_energy_start"][idx]
-    patches = torch.from_numpy(np.stack([logmel[:, s : s + 96] for s in starts]).astype(np.float32))
+    patches = torch.from_numpy(np.stack([logmel[:, s : s + PATCH] for s in starts]).astype(np.float32))
     return patches, z["labels"][idx], idx
 
 
@@ -92,7 +93,7 @@ def descriptors(corpus: Path) -> dict[str, np.ndarray]:
     from coala_embed.audio_io import load_audio
     from coala_embed.frontend import pad, resample
 
-    cfg = FrontendConfig(pooling="original")
+    cfg = CORPUS_FRONTEND  # the front-end of the corpus log-mels
     _, _, idx = val_patches(corpus)
     z = np.load(corpus / "index.npz")
     import csv
@@ -104,15 +105,16 @@ def descriptors(corpus: Path) -> dict[str, np.ndarray]:
         audio, sr = load_audio(paths[i], max_seconds=120)
         y = pad(resample(audio, sr, cfg.sample_rate), cfg).astype(np.float64)
         s = int(z["max_energy_start"][i] - z["offset"][i])
-        seg = y[max(0, s * 512 - 512) : (s + 96) * 512 + 512]
-        mag = np.abs(librosa.stft(seg, n_fft=1024, hop_length=512))
-        mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=mag**2, sr=22_000))
+        hop, sr = cfg.hop_length, cfg.sample_rate
+        seg = y[max(0, s * hop - hop) : (s + cfg.patch_frames) * hop + hop]
+        mag = np.abs(librosa.stft(seg, n_fft=cfg.n_fft, hop_length=hop))
+        mel_db = librosa.power_to_db(librosa.feature.melspectrogram(S=mag**2, sr=sr))
         feats = {
             "mfcc": librosa.feature.mfcc(S=mel_db, n_mfcc=20),
-            "chroma": librosa.feature.chroma_stft(S=mag, sr=22_000),
-            "centroid": librosa.feature.spectral_centroid(S=mag, sr=22_000),
-            "bandwidth": librosa.feature.spectral_bandwidth(S=mag, sr=22_000),
-            "rolloff": librosa.feature.spectral_rolloff(S=mag, sr=22_000),
+            "chroma": librosa.feature.chroma_stft(S=mag, sr=sr),
+            "centroid": librosa.feature.spectral_centroid(S=mag, sr=sr),
+            "bandwidth": librosa.feature.spectral_bandwidth(S=mag, sr=sr),
+            "rolloff": librosa.feature.spectral_rolloff(S=mag, sr=sr),
         }
         for k, v in feats.items():
             groups[k].append(np.concatenate([v.mean(1), v.var(1), np.nan_to_num(skew(v, axis=1))]))

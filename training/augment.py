@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from coala_embed.config import HOP_LENGTH, SAMPLE_RATE, FrontendConfig
+from coala_embed.config import HOP_LENGTH, PATCH_FRAMES, SAMPLE_RATE, FrontendConfig
 
 DB = math.log(10.0) / 20.0  # one dB of magnitude in natural-log units
 
@@ -52,7 +52,7 @@ class Augment:
     @property
     def extra_frames(self) -> int:
         """Frames to gather beyond the patch so that a faster playback (up to +``pitch`` semitones) has input."""
-        return math.ceil(96 * (2 ** (self.pitch / 12) - 1)) if self.pitch else 0
+        return math.ceil(PATCH_FRAMES * (2 ** (self.pitch / 12) - 1)) if self.pitch else 0
 
 
 def mel_centres(cfg: FrontendConfig = FrontendConfig()) -> np.ndarray:
@@ -97,7 +97,7 @@ def reverberate(x: torch.Tensor, rt60: torch.Tensor, wet_db: torch.Tensor) -> to
 
 
 def augment(
-    x: torch.Tensor, tags: torch.Tensor, aug: Augment, gen: torch.Generator, frames: int = 96, centres=None
+    x: torch.Tensor, tags: torch.Tensor, aug: Augment, gen: torch.Generator, frames: int = PATCH_FRAMES, centres=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment raw log-mel patches ``x`` ``[B, mels, frames + aug.extra_frames]`` and their tag targets
     ``[B, n_tags]``; return ``[B, mels, frames]`` and the new targets. CPU tensors; draws come from ``gen``."""

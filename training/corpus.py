@@ -30,7 +30,7 @@ from coala_embed.frontend import log_mel, pad, resample
 from . import notes
 from .cli import parser, start
 from .debian import download, extract
-from .patches import fit_scaler, max_energy_start, window_starts
+from .patches import PATCH, fit_scaler, max_energy_start, window_starts
 from .sources import (
     ALL_SOUNDFONTS,
     ALL_SOURCES,
@@ -319,7 +319,7 @@ def build(
         for i in train_idx:
             r = rows[i]
             for s in [starts[i] - r["offset"], *window_starts(r["frames"], r["signal_frames"])]:
-                yield logmel[:, r["offset"] + s : r["offset"] + s + 96].astype(np.float32)[None]
+                yield logmel[:, r["offset"] + s : r["offset"] + s + PATCH].astype(np.float32)[None]
 
     scaler_min, scaler_scale = fit_scaler(train_patches())
     np.save(corpus / "logmel.npy", logmel)
@@ -422,7 +422,7 @@ def export_hdf5(corpus: Path) -> tuple[Path, Path]:
     z = np.load(corpus / "index.npz")
     logmel = np.load(corpus / "logmel.npy", mmap_mode="r")
     starts = z["max_energy_start"]
-    data = np.stack([logmel[:, s : s + 96] for s in starts]).astype(np.float32) * z["scaler_scale"] + z["scaler_min"]
+    data = np.stack([logmel[:, s : s + PATCH] for s in starts]).astype(np.float32) * z["scaler_scale"] + z["scaler_min"]
     ids = np.arange(1, len(starts) + 1)
     out = []
     for name, mask in (("train.h5", ~z["val"]), ("val.h5", z["val"])):

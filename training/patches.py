@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-PATCH = 96
+from coala_embed.config import PATCH_FRAMES
+
+PATCH = PATCH_FRAMES
 ENERGY_HOP = 12
 
 
