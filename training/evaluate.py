@@ -51,6 +51,10 @@ RECIPES: dict[str, dict[str, dict]] = {
     },
     # z beside the channel maxima of blocks 1-4 (ClipConfig)
     "signal_zmax": {"frontend": {"pooling": "signal", "chunk_hop": 96}, "clip": {"readout": "z+max", "stat": "mean"}},
+    "signal_hop48_zmax": {
+        "frontend": {"pooling": "signal", "chunk_hop": 48},
+        "clip": {"readout": "z+max", "stat": "mean"},
+    },
 }
 
 
