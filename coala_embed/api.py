@@ -120,7 +120,8 @@ def get_embedding(
             patch every 46 ms, at 48 times the encoder's work.
 
     Returns:
-        The clip embedding ``[1152]`` float32 (mean of the patch embeddings); with ``frames=True`` a tuple
+        The clip vector ``[config.clip_dim]`` float32 (1664 with the bundled checkpoint's ``z+max``, 1152 with the
+        paper's mean of z; :class:`~coala_embed.config.ClipConfig`); with ``frames=True`` a tuple
         ``(embeddings [T, 1152], times [T, 2])`` holding each patch's start and end in seconds. Audio
         shorter than one patch (2.23 s) is zero-padded and dithered up to one patch (see README).
 

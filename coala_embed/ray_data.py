@@ -80,7 +80,7 @@ def embed_with_ray(
 
 
 def read_parquet(out_dir: str | os.PathLike) -> tuple[list[str], np.ndarray, list[str]]:
-    """Read the output back without Ray: ``(paths, embeddings [N, 1152], status)`` sorted by path."""
+    """Read the output back without Ray: ``(paths, embeddings [N, clip_dim], status)`` sorted by path."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(str(out_dir))
