@@ -16,6 +16,7 @@ _LAZY = {
     "embed_file": "api",
     "embed_files": "api",
     "get_embedding": "api",
+    "ClipConfig": "config",
     "CoalaConfig": "config",
     "FrontendConfig": "config",
     "ModelConfig": "config",
@@ -33,6 +34,7 @@ _LAZY = {
 __all__ = [
     "AudioError",
     "CheckpointError",
+    "ClipConfig",
     "CoalaConfig",
     "CoalaEmbedError",
     "CoalaModel",
@@ -51,7 +53,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .api import embed_file, embed_files, get_embedding
-    from .config import CoalaConfig, FrontendConfig, ModelConfig
+    from .config import ClipConfig, CoalaConfig, FrontendConfig, ModelConfig
     from .errors import AudioError, CheckpointError, CoalaEmbedError, DeviceError, HubError, NoPretrainedWeightsError
     from .hub import load_model, save_pretrained
     from .model import CoalaModel
