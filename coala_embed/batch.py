@@ -450,6 +450,7 @@ def finish(
         "model": model_info(model),
         "frontend": asdict(model.config.frontend),
         "clip": asdict(model.config.clip),
+        "dims": {"clip": model.config.clip_dim, "z": model.config.model.embedding_dim},
         "precision": opts.precision,
         "files": files,
         "summary": {

@@ -509,7 +509,8 @@ def map_cmd(features, out, labels, projection, embed_audio, png, title, seed, we
 @click.option("--device", default="auto", show_default=True)
 def neighbours_cmd(features, query, top_k, weights, device) -> None:
     """List the files of FEATURES most similar to QUERY: a file of the collection (its path as the manifest names
-    it, or its file name when that is unique) or any audio file, which is embedded first.
+    it, or its file name when that is unique) or any audio file, which is embedded first. Similarity is the cosine
+    of the clips' mean codes z (the first 1152 columns of a z+max row).
 
     \b
     Output: one line per neighbour, "COSINE  FILE", most similar first (QUERY itself is left out).
@@ -525,22 +526,20 @@ def neighbours_cmd(features, query, top_k, weights, device) -> None:
         target = Path(query).absolute()
         rows = [i for i in same if coll.resolve(i) == target] or (same if len(same) == 1 else [])
     if rows:
-        vec = coll.embeddings[rows[0]]
+        vec = coll.z[rows[0]]
     elif Path(query).is_file():
         from .api import embed_file
 
         model = _load(weights, device)
         try:
-            vec = embed_file(query, model=model).clip
+            vec = embed_file(query, model=model).clip[: coll.z.shape[1]]
         except CoalaEmbedError as e:
             raise click.UsageError(f"cannot embed {query}: {e}") from e
-        if vec.shape[-1] != coll.embeddings.shape[1]:
-            raise click.UsageError(
-                f"{query} embeds to {vec.shape[-1]} dimensions, {features} has {coll.embeddings.shape[1]}"
-            )
+        if vec.shape[-1] != coll.z.shape[1]:
+            raise click.UsageError(f"{query} embeds to {vec.shape[-1]} dimensions, {features} has {coll.z.shape[1]}")
     else:
         raise click.UsageError(f"{query} is neither a file of {features.name} nor an audio file")
-    for i, sim in neighbours(coll.embeddings, vec, top_k + len(rows[:1])):
+    for i, sim in neighbours(coll.z, vec, top_k + len(rows[:1])):
         if rows and i == rows[0]:
             continue
         click.echo(f"{sim:.4f}  {coll.paths[i]}")
@@ -552,7 +551,7 @@ def neighbours_cmd(features, query, top_k, weights, device) -> None:
               help="Cosine similarity from which two files count as the same sound.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON (lists of paths).")
 def duplicates_cmd(features, threshold, as_json) -> None:
-    """Find groups of near-duplicates in FEATURES: files whose embeddings have a cosine similarity of at least
+    """Find groups of near-duplicates in FEATURES: files whose mean codes z have a cosine similarity of at least
     --threshold (re-encodes, resampled copies, the same sound under two names).
 
     \b
@@ -564,11 +563,11 @@ def duplicates_cmd(features, threshold, as_json) -> None:
     from .collection import duplicates, normalized
 
     coll = _collection(features)
-    groups = duplicates(coll.embeddings, threshold)
+    groups = duplicates(coll.z, threshold)
     if as_json:
         click.echo(json.dumps([[coll.paths[i] for i in g] for g in groups], indent=1))
         return
-    x = normalized(coll.embeddings)
+    x = normalized(coll.z)
     for g in groups:
         for i in g:
             click.echo(f"{float(x[g[0]] @ x[i]):.4f}  {coll.paths[i]}")

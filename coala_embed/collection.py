@@ -30,6 +30,13 @@ class Collection:
     durations: np.ndarray  # [N] seconds; NaN where the manifest has none
     features: Path  # the .npy/.npz file
     model: str = ""  # the checkpoint that made it, as the manifest names it
+    z_dim: int | None = None  # the leading columns that hold the mean of z (None: all of them)
+
+    @property
+    def z(self) -> np.ndarray:
+        """The columns that compare sounds: the mean of the code z. A z+max row's block maxima are non-negative and
+        share a large common part, so its cosine ranks worse (README "See a collection")."""
+        return self.embeddings[:, : self.z_dim]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -85,7 +92,8 @@ def load_collection(features: str | os.PathLike) -> Collection:
         )
     durations = np.array([f.get("duration", np.nan) for f in rows], np.float64)
     model = m.get("model") if isinstance(m.get("model"), dict) else {}
-    return Collection(emb, [f["path"] for f in rows], durations, features, str(model.get("source") or ""))
+    z_dim = (m.get("dims") or {}).get("z")
+    return Collection(emb, [f["path"] for f in rows], durations, features, str(model.get("source") or ""), z_dim)
 
 
 def normalized(x: np.ndarray) -> np.ndarray:

@@ -75,6 +75,9 @@ def test_neighbours_of_a_member_and_of_a_new_file(collection, tmp_path):
     assert "a.wav" not in near and sorted(near) == ["a.flac", "a.ogg", "a22050.wav", "a48000.wav"]
     sims = [float(line.split()[0]) for line in r.stdout.splitlines()]
     assert sims == sorted(sims, reverse=True) and sims[-1] > 0.98
+    # the next files are other sounds, well below the duplicate threshold (the comparison reads z alone)
+    r = run("neighbours", collection, str(collection.parent / "sounds/x/a.wav"), "-k", "9")
+    assert all(float(line.split()[0]) < 0.9 for line in r.stdout.splitlines()[4:])
     # a file outside the collection is embedded first
     sf.write(tmp_path / "copy.flac", sweep(), 44_100)
     r = run("neighbours", collection, tmp_path / "copy.flac", "-k", "1", "--weights", WEIGHTS, "--device", "cpu")
