@@ -28,7 +28,7 @@ from coala_embed import load_model
 from coala_embed.api import embed_patches
 from coala_embed.collection import Collection, duplicates, project
 from coala_embed.device import cpu_name
-from coala_embed.soundmap import build_page
+from coala_embed.soundmap import build_page, layout
 
 
 def corpus_vectors(data: Path, n: int, weights: str) -> np.ndarray:
@@ -122,8 +122,8 @@ def main() -> None:
                     np.save(feats, x)
                     coll = Collection(x, [f"corpus/window{i:06d}.wav" for i in range(n)], np.full(n, 2.23), feats)
                     t0 = time.time()
-                    info = build_page(coll, Path(d) / "map.html", model=load_model(a.weights, device="cpu"),
-                                      method="pca")  # fmt: skip
+                    info = build_page(coll, Path(d) / "map.html", layout(coll, method="pca"),
+                                      model=load_model(a.weights, device="cpu"))  # fmt: skip
                     page = f"{info['bytes'] / 2**20:.1f} | {time.time() - t0 - info['seconds']:.1f}"
                     browser_times(Path(d) / "map.html", n)
             print(f"| {n:,} | {used} | {secs:.1f} | {q['trust']:.3f} | {q['cont']:.3f} | {q['knn']:.3f} | {page or ' | '} |",

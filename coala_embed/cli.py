@@ -482,16 +482,15 @@ def map_cmd(features, out, labels, projection, embed_audio, png, title, seed, we
     \b
     Example:
       coala-embed sounds/ -o feats.npy && coala-embed map feats.npy -o map.html --png map.png"""
-    from .soundmap import build_page, read_labels, write_png
+    from .soundmap import build_page, layout, read_labels, write_png
 
     coll = _collection(features)
     model = _load(weights, "cpu")
     try:
-        groups = read_labels(labels, coll) if labels else None
-        info = build_page(coll, out, model=model, labels=groups, method=projection, embed_audio=embed_audio,
-                          title=title, seed=seed)  # fmt: skip
+        lay = layout(coll, read_labels(labels, coll) if labels else None, projection, seed)
+        info = build_page(coll, out, lay, model=model, embed_audio=embed_audio, title=title)
         if png:
-            write_png(coll, png, labels=groups, method=projection, seed=seed)
+            write_png(coll, png, lay)
     except CoalaEmbedError as e:
         raise click.UsageError(str(e)) from e
     click.echo(

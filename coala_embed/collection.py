@@ -3,6 +3,7 @@ neighbours, groups of near-duplicates and the 2-D projection behind ``coala-embe
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -48,6 +49,11 @@ class Collection:
         if p.is_absolute() or p.exists():
             return p.absolute()
         return (self.features.parent / p).absolute()
+
+    @functools.cached_property
+    def files(self) -> list[Path]:
+        """Every row's file (:meth:`resolve`), worked out once: a relative path costs a file-system lookup."""
+        return [self.resolve(i) for i in range(len(self))]
 
 
 def read_features(features: Path) -> np.ndarray:

@@ -15,6 +15,7 @@ import json
 import mimetypes
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ MAX_EMBEDDED_AUDIO = 200 * 2**20  # bytes of audio --embed-audio puts into one p
 
 def folder_groups(coll: Collection) -> list[str]:
     """Each row's top-level folder below the collection's common folder ("(top folder)" for files directly in it)."""
-    paths = [str(coll.resolve(i)) for i in range(len(coll))]
+    paths = [str(f) for f in coll.files]
     if not paths:
         return []
     root = os.path.commonpath([os.path.dirname(p) for p in paths])
@@ -66,7 +67,7 @@ def read_labels(path: Path, coll: Collection) -> list[str]:
     by_abs = {str(Path(p).absolute()): v for p, v in table.items()}
     out = []
     for i, p in enumerate(coll.paths):
-        label = table.get(p) or by_abs.get(str(coll.resolve(i))) or by_name.get(Path(p).name)
+        label = table.get(p) or by_abs.get(str(coll.files[i])) or by_name.get(Path(p).name)
         out.append(label if label is not None else "(no label)")
     if table and all(v == "(no label)" for v in out):
         raise CoalaEmbedError(f"{path}: none of its {len(table)} paths is a file of {coll.features.name}")
@@ -95,15 +96,14 @@ def _audio_links(coll: Collection, out: Path, embed: bool) -> tuple[list[str], l
     """Folders, per-row folder index and per-row file reference: a path relative to the page, or with ``embed``
     the file itself as a data URI."""
     if embed:
-        total = sum(coll.resolve(i).stat().st_size for i in range(len(coll)) if coll.resolve(i).exists())
+        total = sum(f.stat().st_size for f in coll.files if f.exists())
         if total > MAX_EMBEDDED_AUDIO:
             raise CoalaEmbedError(
                 f"--embed-audio would put {total / 2**20:.0f} MB of audio into the page (limit "
                 f"{MAX_EMBEDDED_AUDIO // 2**20} MB); leave it out and keep the page beside the files"
             )
         refs = []
-        for i in range(len(coll)):
-            p = coll.resolve(i)
+        for p in coll.files:
             mime = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
             data = base64.b64encode(p.read_bytes()).decode() if p.exists() else ""
             refs.append(f"data:{mime};base64,{data}" if data else "")
@@ -111,49 +111,69 @@ def _audio_links(coll: Collection, out: Path, embed: bool) -> tuple[list[str], l
     dirs: dict[str, int] = {}
     index, names = [], []
     base = out.absolute().parent
-    for i in range(len(coll)):
-        rel = Path(os.path.relpath(coll.resolve(i), base))
+    for f in coll.files:
+        rel = Path(os.path.relpath(f, base))
         index.append(dirs.setdefault(rel.parent.as_posix(), len(dirs)))
         names.append(rel.name)
     return list(dirs), index, names
 
 
-def build_page(
-    coll: Collection,
-    out: Path,
-    *,
-    model: CoalaModel | None,
-    labels: list[str] | None = None,
-    method: str = "auto",
-    embed_audio: bool = False,
-    title: str | None = None,
-    seed: int = 0,
-) -> dict:
-    """Write the map of ``coll`` to ``out`` (HTML) and return what it holds: points, method, seconds, groups.
+@dataclass
+class Layout:
+    """Where the points of a map go and how they are coloured: computed once, drawn by the page and the PNG."""
 
-    ``labels`` colour the points (default: top-level folders); ``model`` gives the top tags (None: no tags,
-    the search box then matches file paths only).
+    xy: np.ndarray  # [N, 2]
+    method: str  # the projection that ran
+    seconds: float  # its time
+    groups: list[str]  # each point's group
+    order: list[str]  # the groups, largest first (their colours are PALETTE in this order)
+
+    def colour(self, k: int) -> str:
+        return PALETTE[k] if k < len(PALETTE) else OTHER_COLOUR
+
+
+def layout(coll: Collection, labels: list[str] | None = None, method: str = "auto", seed: int = 0) -> Layout:
+    """Project the collection (:func:`~coala_embed.collection.project`) and group its points: by ``labels``, else
+    by top-level folder.
+
+    Raises:
+        CoalaEmbedError: an empty collection, or a projection whose library is missing.
     """
-
     if len(coll) == 0:
         raise CoalaEmbedError(f"{coll.features} holds no embedded file; there is nothing to map")
     xy, method, seconds = project(coll.embeddings, method, seed)
+    groups = labels if labels is not None else folder_groups(coll)
+    return Layout(xy, method, seconds, groups, [g for g, _ in Counter(groups).most_common()])
+
+
+def build_page(
+    coll: Collection,
+    out: Path,
+    lay: Layout,
+    *,
+    model: CoalaModel | None,
+    embed_audio: bool = False,
+    title: str | None = None,
+) -> dict:
+    """Write the map of ``coll`` laid out by ``lay`` to ``out`` (HTML) and return what it holds: points, method,
+    seconds, groups, bytes. ``model`` gives the top tags (None: no tags, the search box then matches file paths
+    only).
+    """
+    xy, order = lay.xy, lay.order
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     q = np.round((xy - lo) / np.where(hi > lo, hi - lo, 1) * 65535).astype(np.int64)
-    groups = labels if labels is not None else folder_groups(coll)
-    order = [g for g, _ in Counter(groups).most_common()]
     gindex = {g: i for i, g in enumerate(order)}
-    colours = [PALETTE[i] if i < len(PALETTE) else OTHER_COLOUR for i in range(len(order))]
+    colours = [lay.colour(i) for i in range(len(order))]
     vocab, tag_idx, tag_val = top_tags(model, coll.embeddings) if model is not None else ([], None, None)
     dirs, dir_index, refs = _audio_links(coll, out, embed_audio)
     title = title or f"{coll.features.name}: {len(coll):,} sounds"
     data = {
         "title": title,
         "model": coll.model or (model.source if model is not None else "") or "",
-        "method": method,
+        "method": lay.method,
         "x": q[:, 0].tolist(),
         "y": q[:, 1].tolist(),
-        "group": [gindex[g] for g in groups],
+        "group": [gindex[g] for g in lay.groups],
         "groups": order,
         "colours": colours,
         "paths": coll.paths,
@@ -168,12 +188,10 @@ def build_page(
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     page = TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
     atomic_write(out, lambda p: p.write_text(page, encoding="utf-8"))
-    return {"points": len(coll), "method": method, "seconds": seconds, "groups": len(order), "bytes": len(page)}
+    return {"points": len(coll), "method": lay.method, "seconds": lay.seconds, "groups": len(order), "bytes": len(page)}
 
 
-def write_png(
-    coll: Collection, out: Path, labels: list[str] | None = None, method: str = "auto", seed: int = 0
-) -> None:
+def write_png(coll: Collection, out: Path, lay: Layout) -> None:
     """A static picture of the same map (matplotlib; ``pip install 'coala-embed[map]'``)."""
     try:
         import matplotlib
@@ -183,16 +201,14 @@ def write_png(
     except ImportError as e:
         raise CoalaEmbedError("--png needs matplotlib: pip install 'coala-embed[map]'") from e
 
-    xy, method, _ = project(coll.embeddings, method, seed)
-    groups = labels if labels is not None else folder_groups(coll)
-    order = [g for g, _ in Counter(groups).most_common()]
+    xy, groups, order = lay.xy, lay.groups, lay.order
     fig, ax = plt.subplots(figsize=(9, 7), dpi=110)
     size = max(1.0, min(30.0, 3000 / max(len(coll), 1)))
     for i, g in enumerate(order):
         m = np.array([x == g for x in groups])
-        colour = PALETTE[i] if i < len(PALETTE) else OTHER_COLOUR
+        colour = lay.colour(i)
         ax.scatter(xy[m, 0], xy[m, 1], s=size, c=colour, label=g if i < len(PALETTE) else None, linewidths=0)
-    ax.set_title(f"{coll.features.name}: {len(coll):,} sounds ({method})")
+    ax.set_title(f"{coll.features.name}: {len(coll):,} sounds ({lay.method})")
     ax.set_xticks([])
     ax.set_yticks([])
     if len(order) > 1:
