@@ -13,7 +13,6 @@ scores the test split once, for the tables. Results go to ``OUT/results_<split>.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import json
 import logging
@@ -61,11 +60,7 @@ RECIPES: dict[str, dict[str, dict]] = {
 def with_recipe(config: CoalaConfig, recipe: str) -> CoalaConfig:
     """``config`` with a recipe's front-end and clip settings."""
     o = RECIPES[recipe]
-    return dataclasses.replace(
-        config,
-        frontend=dataclasses.replace(config.frontend, **o.get("frontend", {})),
-        clip=dataclasses.replace(config.clip, **o.get("clip", {})),
-    )
+    return config.replace(**o.get("frontend", {})).with_clip(**o.get("clip", {}))
 
 
 # ------------------------------------------------------------------------------------------- features
