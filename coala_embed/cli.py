@@ -403,15 +403,19 @@ def tags_cmd(files, top_k, weights, device, as_json, method) -> None:
         sys.exit(EXIT_FAILED_FILES)
 
 
-@main.command("search")
-@click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("query")
-@click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Results to show.")
-@click.option(
+_FEATURES = click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+_WEIGHTS = click.option(
     "--weights",
     default=None,
     help="The checkpoint that made FEATURES [default: $COALA_EMBED_WEIGHTS, then the bundled model].",
 )
+
+
+@main.command("search")
+@_FEATURES
+@click.argument("query")
+@click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Results to show.")
+@_WEIGHTS
 @click.option("--device", default="auto", show_default=True)
 def search_cmd(features, query, top_k, weights, device) -> None:
     """Rank the files embedded in FEATURES (a .npy/.npz from `coala-embed`, with its manifest) by QUERY,
@@ -448,14 +452,6 @@ def _collection(features: Path):
         return load_collection(features)
     except CoalaEmbedError as e:
         raise click.UsageError(str(e)) from e
-
-
-_FEATURES = click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-_WEIGHTS = click.option(
-    "--weights",
-    default=None,
-    help="The checkpoint that made FEATURES [default: $COALA_EMBED_WEIGHTS, then the bundled model].",
-)
 
 
 @main.command("map")
