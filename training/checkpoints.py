@@ -39,6 +39,11 @@ def corpus_frontend(corpus: Path) -> FrontendConfig:
     return dataclasses.replace(FrontendConfig(**json.loads(f.read_text())), pooling="signal")
 
 
+def model_config(cfg: dict, n_tags: int = 0) -> ModelConfig:
+    """A run's encoder dimensions (its config's ``model`` setting) as the package's ModelConfig."""
+    return ModelConfig(**{**cfg.get("model", {}), "n_tags": n_tags})
+
+
 def build_model(run: Path, corpus: Path | None = None, checkpoint: str = "best.pt") -> tuple[CoalaModel, dict]:
     """A :class:`CoalaModel` holding the run's audio encoder (+ projection), tag encoder (+ projection),
     the scaler and vocabulary of ``corpus`` (default: the corpus the run was trained on)."""
@@ -49,7 +54,7 @@ def build_model(run: Path, corpus: Path | None = None, checkpoint: str = "best.p
     index = np.load(corpus / "index.npz")
     models = saved["models"]
     is_cnn = "cnn" in models
-    model_cfg = ModelConfig(**{**cfg.get("model", {}), "n_tags": 0 if is_cnn else len(vocab)})
+    model_cfg = model_config(cfg, 0 if is_cnn else len(vocab))
     config = CoalaConfig(corpus_frontend(corpus), model_cfg, tags=() if is_cnn else tuple(vocab))
     if not is_cnn:  # the training split's distinct tag sets and their counts, for predict_tags' neighbour votes
         sets, counts = np.unique(index["labels"][~index["val"]] > 0, axis=0, return_counts=True)

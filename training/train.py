@@ -31,6 +31,7 @@ from coala_embed.files import atomic_write
 from coala_embed.model import AudioEncoder, TagEncoder
 
 from .augment import Augment, augment, drop_tags, mel_centres
+from .checkpoints import model_config
 from .cli import parser, start
 from .losses import generalised_kl, nt_xent, tag_bce
 from .models import CNN, AudioDecoder, TagDecoder, use_fast_dropout
@@ -173,11 +174,6 @@ def build_models(cfg: dict, n_tags: int) -> dict[str, nn.Module]:
         for m in models.values():
             use_fast_dropout(m)
     return models
-
-
-def model_config(cfg: dict, n_tags: int = 0) -> ModelConfig:
-    """The run's encoder dimensions (``cfg["model"]``) as the package's ModelConfig."""
-    return ModelConfig(**{**cfg.get("model", {}), "n_tags": n_tags})
 
 
 def _build_models(cfg: dict, n_tags: int) -> dict[str, nn.Module]:
