@@ -51,7 +51,11 @@ def _model(model: CoalaModel | None, device: str | torch.device | None) -> Coala
 
 @torch.inference_mode()
 def embed_patches(
-    model: CoalaModel, patches: torch.Tensor, batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32"
+    model: CoalaModel,
+    patches: torch.Tensor,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    precision: str = "fp32",
+    readout: str | None = None,
 ) -> np.ndarray:
     """The readout ``[N, R]`` float32 (``CoalaModel.forward``: the embeddings z, ``R = 1152``, unless
     ``config.clip.readout`` adds the block maxima) of unscaled log-mel patches ``[N, 96, 96]``, ``batch_size`` at a
@@ -60,7 +64,7 @@ def embed_patches(
     ``precision="bf16"`` runs the convolutions under bfloat16 autocast where bfloat16 is native (GPUs, CPUs with
     AVX-512 BF16 or AMX; elsewhere it warns and runs fp32, see :func:`coala_embed.device.resolve_precision`);
     ``"auto"`` picks bf16 where native. Embeddings then differ from fp32 by the tolerance measured in
-    ``tests/test_model.py``.
+    ``tests/test_model.py``. ``readout`` overrides the checkpoint's (``"z"``: the patch embeddings z alone).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -70,9 +74,10 @@ def embed_patches(
     # On a GPU the batches are queued without waiting for each one (one copy back at the end).
     with float32_convolutions(dev), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         for i in range(0, len(patches), batch_size):
-            out.append(model(patches[i : i + batch_size].to(dev, non_blocking=True)).float())
+            out.append(model(patches[i : i + batch_size].to(dev, non_blocking=True), readout).float())
     if not out:
-        return np.zeros((0, model.config.readout_dim), np.float32)
+        cfg = model.config if readout is None else model.config.with_clip(readout=readout)
+        return np.zeros((0, cfg.readout_dim), np.float32)
     return torch.cat(out).cpu().numpy()
 
 
@@ -80,11 +85,10 @@ def clip_vector(readout: np.ndarray, stat: str = "mean") -> np.ndarray:
     """The one function that turns the per-patch readout of a clip ``[T, R]`` (``CoalaModel.forward``) into its
     clip vector: ``"mean"`` (the paper's, ``[R]``) or ``"meanstd"`` (mean and standard deviation side by side,
     ``[2R]``); ``config.clip.stat`` says which."""
-    frames = readout
     if stat == "mean":
-        return frames.mean(axis=0)
+        return readout.mean(axis=0)
     if stat == "meanstd":
-        return np.concatenate([frames.mean(axis=0), frames.std(axis=0)])
+        return np.concatenate([readout.mean(axis=0), readout.std(axis=0)])
     raise ValueError(f"stat must be one of {CLIP_STATS}, got {stat!r}")
 
 

@@ -59,7 +59,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
         n_ts = max(1, (spec.shape[1] - cfg.patch_frames) // model.hop_frames + 1)
         starts = np.arange(n_ts) * model.hop_frames
         patches = gather(spec, starts, cfg)
-        embs.append(torch.from_numpy(embed_patches(model.model, patches)[:, : model.timestamp_embedding_size]))
+        embs.append(torch.from_numpy(embed_patches(model.model, patches, readout="z")))
         stamps.append(torch.from_numpy(starts * cfg.hop_length / cfg.sample_rate * 1000.0))
     return torch.stack(embs), torch.stack(stamps)
 

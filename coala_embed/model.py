@@ -136,12 +136,14 @@ class CoalaModel(nn.Module):
             self._fast._apply(fn, *args, **kwargs)
         return out
 
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, readout: str | None = None) -> torch.Tensor:
+        """``readout`` overrides ``config.clip.readout`` (``"z"``: the patch embeddings alone, without the work of
+        the block maxima)."""
         x = self.scale(patches).unsqueeze(1)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         layers = self.audio.audio_encoder if self.training or self._fast is None else self._fast
-        if self.config.clip.readout == "z":
+        if (readout or self.config.clip.readout) == "z":
             return torch.flatten(layers(x), 1)
         maxima = []
         for layer in layers:

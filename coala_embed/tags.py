@@ -107,7 +107,7 @@ def predict_tags(
     model = _model(model, None)
     vocab = _require_tags(model)
     p = prepare(audio, sr, model.config.frontend)
-    z = clip_vector(embed_patches(model, p.patches)[:, : model.config.model.embedding_dim])[None]
+    z = clip_vector(embed_patches(model, p.patches, readout="z"))[None]
     scores = tag_scores(model, z, method=method)[0]
     best = torch.topk(scores, min(top_k, len(vocab)))
     return [(vocab[i], float(s)) for s, i in zip(best.values, best.indices)]

@@ -216,4 +216,16 @@ def test_the_z_max_clip_vector_everywhere(tmp_path):
     assert rows.shape == (1, 1664)
     np.testing.assert_allclose(rows[0], clip, atol=1e-5)
     torch.testing.assert_close(tag_scores(model, rows), tag_scores(model, rows[:, :1152]))
-    assert len(predict_tags(x, 22_000, model=model, top_k=3)) == 3
+    assert predict_tags(x, 22_000, model=model, top_k=3) == predict_tags(x, 22_000, model=plain, top_k=3)
+    # HEAR: the scene embedding is the clip vector, the timestamp embeddings are z
+    from coala_embed.hear import HearModel, get_scene_embeddings, get_timestamp_embeddings
+
+    audio = torch.from_numpy(np.stack([chirp(3.0, sr=22_050)]))
+    hear, hear_plain = HearModel(model), HearModel(plain)
+    assert (hear.scene_embedding_size, hear.timestamp_embedding_size) == (1664, 1152)
+    assert get_scene_embeddings(audio, hear).shape == (1, 1664)
+    np.testing.assert_allclose(
+        get_timestamp_embeddings(audio, hear)[0].numpy(),
+        get_timestamp_embeddings(audio, hear_plain)[0].numpy(),
+        atol=1e-6,
+    )
