@@ -82,10 +82,9 @@ def top_tags(model: CoalaModel, embeddings: np.ndarray, k: int = TOP_TAGS) -> tu
     vocab = list(model.config.tags)
     if not vocab or model.tag is None:
         return [], np.zeros((len(embeddings), 0), np.int64), np.zeros((len(embeddings), 0), np.float32)
-    d = model.config.model.embedding_dim
     idx, val = [], []
     for a in range(0, len(embeddings), 4096):
-        s = tag_scores(model, embeddings[a : a + 4096, :d])
+        s = tag_scores(model, embeddings[a : a + 4096])  # reads the mean of z, the rows' first columns
         v, i = s.topk(min(k, len(vocab)), dim=1)
         idx.append(i.numpy())
         val.append(v.numpy())
