@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Screening runs of issue 17: train one recipe with one seed for a fixed number of samples, then score its last
 # snapshot on the validation splits with the logistic-regression screen, with the paper's clip vector (mean of z)
-# and with z+max (ClipConfig). Resumes; a finished step is skipped.
+# and with z+max (ClipConfig). Training resumes from its checkpoint and is skipped once done; the screen reruns
+# from the cached clip features (seconds).
 #
 #   bash training/screen.sh RECIPE SEED [SAMPLES]      # e.g. bash training/screen.sh sig 0
 #   nice -n 10 bash training/screen.sh wide 1 100000
