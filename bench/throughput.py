@@ -6,7 +6,15 @@ end-to-end CLI speed in x real time on a generated folder of 200 files (44.1 kHz
 with the fp32 defaults, bf16, and bf16 with the fast front-end, the CPU seconds each stage spends on that folder
 with the best x real time they would allow on this machine, and the peak RSS of the CLI on a 1-hour file.
 
+With ``--large`` it measures instead what embedding an archive takes: on a generated set of 2,000 files and 15.5 h
+(WAV, FLAC, OGG and MP3 at 16 to 48 kHz, mono and stereo, 2 s to 5 min; built once, cached in ``--large-dir``),
+the decode bound of the machine (all cores decoding and cutting log-mels, no model) and, for each way of
+decoding (threads or processes; on a GPU, log-mels on the CPU or on the device), the CLI's steady-state x real
+time with the start-up apart (the difference of a run on the whole set and one on its first 200 files) and its
+share of the decode bound.
+
     python bench/throughput.py [--weights DIR] [--files 200] [--device cpu|cuda] [--skip-rss]
+    python bench/throughput.py --large [--device cuda] [--workers N] [--batch-size 256]
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from __future__ import annotations
 import argparse
 import builtins
 import json
+import multiprocessing as mp
+import os
 import subprocess
 import sys
 import tempfile
@@ -155,6 +165,145 @@ def cli(args: list[str]) -> tuple[float, int]:
     return float(wall), int(rss)
 
 
+# The large set: (format, subtype) and the share of files in each; rates and channels are drawn per file.
+LARGE_FORMATS = [
+    ("wav", "PCM_16", 0.35),
+    ("flac", "PCM_16", 0.35),
+    ("ogg", "VORBIS", 0.2),
+    ("mp3", "MPEG_LAYER_III", 0.1),
+]
+LARGE_RATES = (16_000, 22_050, 32_000, 44_100, 48_000)
+LARGE_FIRST = 200  # files in the first subfolder: the short run whose time is subtracted
+
+
+def _large_plan(files: int, hours: float, seed: int = 0) -> list[tuple[str, float, int, int, str, str, int]]:
+    """(relative path, seconds, rate, channels, extension, subtype, seed) of each file of the large set: nine in
+    ten files 2-45 s, one in ten 1-5 min (streamed block by block), scaled to ``hours`` in all."""
+    rng = np.random.default_rng(seed)
+    long = rng.random(files) < 0.1
+    seconds = np.where(long, rng.uniform(60, 300, files), rng.uniform(2, 45, files))
+    seconds *= hours * 3600 / seconds.sum()
+    shares = np.array([w for *_, w in LARGE_FORMATS])
+    kinds = rng.choice(len(LARGE_FORMATS), files, p=shares / shares.sum())
+    plan = []
+    for i in range(files):
+        ext, subtype, _ = LARGE_FORMATS[kinds[i]]
+        sub = "a" if i < LARGE_FIRST else "b"
+        plan.append((f"{sub}/f{i:04d}.{ext}", float(seconds[i]), int(rng.choice(LARGE_RATES)), int(rng.integers(1, 3)),
+                     ext, subtype, i))  # fmt: skip
+    return plan
+
+
+def _write_large_file(folder: str, item: tuple) -> None:
+    """One file of the large set: tones that change every few seconds over a noise floor, written in 1-s blocks
+    (libsndfile's Vorbis encoder crashes on long writes)."""
+    rel, seconds, sr, channels, ext, subtype, seed = item
+    rng = np.random.default_rng(seed)
+    path = Path(folder) / rel
+    tmp = path.with_name(path.name + ".tmp")
+    n = int(seconds * sr)
+    with sf.SoundFile(tmp, "w", sr, channels, format=ext.upper(), subtype=subtype) as f:
+        phase = 0.0
+        for k in range(0, n, sr):
+            m = min(sr, n - k)
+            if k % (4 * sr) == 0:
+                freq = rng.uniform(80, 4000)
+            t = np.arange(m) / sr
+            tone = 0.3 * np.sin(phase + 2 * np.pi * freq * t)
+            phase += 2 * np.pi * freq * m / sr
+            f.write((tone[:, None] + 0.03 * rng.standard_normal((m, channels))).astype(np.float32))
+    tmp.rename(path)
+
+
+def make_large(folder: Path, files: int = 2000, hours: float = 15.5) -> None:
+    """Build the large set in ``folder`` (subfolders ``a`` with the first 200 files and ``b``) unless it is there
+    already, in parallel on every core."""
+    plan = _large_plan(files, hours)
+    recipe = folder / "recipe.json"
+    want = json.dumps({"files": files, "hours": hours, "formats": LARGE_FORMATS, "rates": LARGE_RATES})
+    if recipe.exists() and recipe.read_text() == want and all((folder / p[0]).exists() for p in plan):
+        return
+    for sub in ("a", "b"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    todo = [p for p in plan if not (folder / p[0]).exists()]
+    t = time.perf_counter()
+    with mp.get_context("spawn").Pool(os.cpu_count()) as pool:
+        for k, _ in enumerate(pool.imap_unordered(_decode_or_write, [("write", str(folder), p) for p in todo])):
+            if k % 200 == 0:
+                print(f"  generating the large set: {k}/{len(todo)} files", file=sys.stderr)
+    recipe.write_text(want)
+    print(f"  generated {len(todo)} files in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+
+def _decode_or_write(job: tuple) -> float:
+    """A pool worker's job: write one file of the large set, or decode one file as the CLI's decoders do
+    (returns its seconds of audio)."""
+    torch.set_num_threads(1)
+    if job[0] == "write":
+        _write_large_file(job[1], job[2])
+        return 0.0
+    from coala_embed.decoding import file_items
+    from coala_embed.frontend import Patches, Signal
+
+    _, path, cfg, signal = job
+    seconds = 0.0
+    for item in file_items(Path(path), cfg, None, signal):
+        if isinstance(item, Signal):
+            seconds += len(item.audio) / cfg.sample_rate
+        elif isinstance(item, Patches):
+            seconds = item.duration
+    return seconds
+
+
+def decode_bound(paths: list[Path], cfg: FrontendConfig, signal: bool, cores: int) -> float:
+    """x real time of decoding, resampling (and, unless ``signal``, cutting log-mel patches) on ``cores``
+    processes with nothing else running: what no way of feeding the model can beat on this machine."""
+    with mp.get_context("spawn").Pool(cores) as pool:
+        pool.map(_decode_or_write, [("decode", str(paths[0]), cfg, signal)])  # start-up apart
+        t = time.perf_counter()
+        seconds = sum(pool.imap_unordered(_decode_or_write, [("decode", str(p), cfg, signal) for p in paths], 4))
+        return seconds / (time.perf_counter() - t)
+
+
+def large(a: argparse.Namespace, weights: str, say) -> dict:
+    """The large-set measures (module docstring)."""
+    folder = Path(a.large_dir).expanduser()
+    make_large(folder)
+    cores = len(os.sched_getaffinity(0))
+    cfg = FrontendConfig()
+    paths = sorted(folder.glob("[ab]/*.*"))
+    first = sorted((folder / "a").iterdir())
+    first_s = sum(sf.info(p).duration for p in first)
+    total_s = sum(sf.info(p).duration for p in paths)
+    fmts = {ext: sum(1 for p in paths if p.suffix == "." + ext) for ext, *_ in LARGE_FORMATS}
+    say(f"large set: {len(paths)} files, {total_s / 3600:.2f} h ({fmts}), {folder}")
+    res: dict = {"large_files": len(paths), "large_hours": total_s / 3600}
+    ways = [("threads", "cpu"), ("processes", "cpu")]
+    if a.device.startswith("cuda"):
+        ways += [("threads", "device"), ("processes", "device")]
+    bounds = {}
+    for log_mel_on in sorted({w[1] for w in ways}):
+        bounds[log_mel_on] = decode_bound(paths, cfg, log_mel_on == "device", cores)
+        what = "decode + resample" + (" + log-mel patches" if log_mel_on == "cpu" else "")
+        say(f"decode bound ({what}, {cores} processes, no model): {bounds[log_mel_on]:.0f}x real time")
+        res[f"decode_bound_{log_mel_on}"] = bounds[log_mel_on]
+    out = Path(tempfile.mkdtemp(prefix="coala-large-")) / "feats.npy"
+    for decoders, log_mel_on in ways:
+        extra = ["--decoders", decoders, "--log-mel-on", log_mel_on, "--batch-size", str(a.batch_size)]
+        if a.workers:
+            extra += ["--workers", str(a.workers)]
+        common = ["-o", str(out), "--weights", weights, "-q", "-f", "--device", a.device, *extra]
+        wall_first, _ = cli([str(folder / "a"), *common])
+        wall_all, rss = cli([str(folder / "a"), str(folder / "b"), *common])
+        steady = (total_s - first_s) / (wall_all - wall_first)
+        key = f"{decoders}, log-mel on {log_mel_on}"
+        res[f"large_{decoders}_{log_mel_on}"] = {"wall": wall_all, "x_rt": total_s / wall_all, "steady_x_rt": steady,
+                                                  "share_of_bound": steady / bounds[log_mel_on], "rss_mb": rss}  # fmt: skip
+        say(f"large set, {key}: {wall_all:.1f} s = {total_s / wall_all:.0f}x real time; steady state {steady:.0f}x "
+            f"= {100 * steady / bounds[log_mel_on]:.0f}% of the decode bound; peak RSS {rss} MB")  # fmt: skip
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
@@ -171,6 +320,8 @@ def main() -> None:
         help="end-to-end runs to time",
     )
     p.add_argument("--skip-rss", action="store_true")
+    p.add_argument("--large", action="store_true", help="measure the large generated set instead (docstring)")
+    p.add_argument("--large-dir", default="~/.cache/coala-embed/bench/large", help="where the large set is kept")
     a = p.parse_args()
     device = torch.device(a.device)
     tmp = Path(tempfile.mkdtemp(prefix="coala-bench-"))
@@ -186,6 +337,12 @@ def main() -> None:
 
     def say(*args) -> None:  # every figure names the machine it was measured on
         builtins.print(*args, f" [{where}]")
+
+    if a.large:
+        res = large(a, weights, say)
+        res["cpu"], res["bf16_native"] = cpu_name(), native
+        builtins.print(json.dumps(res))
+        return
 
     res: dict = {}
     macs = macs_per_patch()

@@ -15,7 +15,7 @@ from .audio_io import BLOCK_SECONDS, audio_info, iter_blocks, load_audio
 from .config import CLIP_STATS, FrontendConfig
 from .device import float32_convolutions, resolve_device, resolve_precision
 from .errors import AudioError
-from .frontend import Patches, StreamingPatches, check_sample_rate, patches_from_audio, prepare, resample, to_mono
+from .frontend import PatchCutter, Patches, Signal, check_sample_rate, prepare, resample, to_mono
 from .model import CoalaModel
 
 DEFAULT_BATCH_SIZE = 64
@@ -145,7 +145,8 @@ def get_embedding(
     else:  # long arrays block by block, as long files: memory stays flat in the duration
         blocks = (mono[i : i + int(BLOCK_SECONDS * sr)] for i in range(0, len(mono), int(BLOCK_SECONDS * sr)))
         starts, ends, embs, duration = [], [], [], 0.0
-        for q in _stream(blocks, sr, cfg):  # keep the times and embeddings of each block, not its patches
+        cut = PatchCutter(cfg)
+        for q in map(cut, _resampled_blocks(blocks, sr, cfg)):  # keep each block's times and embeddings, not patches
             starts.append(q.starts)
             ends.append(q.ends)
             embs.append(embed_patches(model, q.patches, batch_size))
@@ -160,15 +161,15 @@ def get_embedding(
 STREAM_SECONDS = 120.0  # files longer than this are decoded and cut block by block
 
 
-def iter_file_patches(
+def iter_file_signal(
     path: str | os.PathLike,
     cfg: FrontendConfig,
     *,
     block_seconds: float = BLOCK_SECONDS,
     max_seconds: float | None = None,
-) -> Iterator[Patches]:
-    """Decode, resample and cut a file into patches, yielding them block by block for long files so that
-    memory stays flat (the same patches as decoding the whole file; ``tests/test_frontend.py``).
+) -> Iterator[Signal]:
+    """Decode and resample a file to mono at the model rate: one whole ``Signal`` for a short file, else block
+    by block (one soxr stream), so that a long file never sits whole in memory. :class:`PatchCutter` cuts them.
 
     Raises:
         AudioError: the file is missing, not audio, unreadable, empty, holds NaN/Inf, or is longer than
@@ -179,20 +180,13 @@ def iter_file_patches(
         raise AudioError(f"{path}: {frames / sr / 3600:.1f} h long, over the limit of {max_seconds / 3600:g} h")
     if frames / sr <= _stream_threshold(cfg):
         audio, sr = load_audio(path)
-        yield patches_from_audio(resample(audio, sr, cfg.sample_rate), cfg)
+        yield Signal(resample(audio, sr, cfg.sample_rate), whole=True, last=True)
         return
-    yield from _stream((b for b, _ in iter_blocks(path, block_seconds)), sr, cfg)
+    yield from _resampled_blocks((b for b, _ in iter_blocks(path, block_seconds)), sr, cfg)
 
 
-def _stream_threshold(cfg: FrontendConfig) -> float:
-    """Signals longer than this many seconds are cut block by block (``StreamingPatches`` needs more than
-    ``pad_seconds`` and two patches)."""
-    return max(STREAM_SECONDS, cfg.pad_seconds, 2 * cfg.patch_seconds)
-
-
-def _stream(blocks: Iterator[np.ndarray], sr: int, cfg: FrontendConfig) -> Iterator[Patches]:
-    """Mono blocks at ``sr`` -> resampled (one soxr stream) -> patches, block by block."""
-    stream = StreamingPatches(cfg)
+def _resampled_blocks(blocks: Iterator[np.ndarray], sr: int, cfg: FrontendConfig) -> Iterator[Signal]:
+    """Mono blocks at ``sr`` -> the signal's blocks at the model rate (one soxr stream), the last one marked."""
     resampler = (
         soxr.ResampleStream(sr, cfg.sample_rate, 1, dtype="float32", quality="HQ") if sr != cfg.sample_rate else None
     )
@@ -200,8 +194,30 @@ def _stream(blocks: Iterator[np.ndarray], sr: int, cfg: FrontendConfig) -> Itera
     while block is not None:
         nxt = next(blocks, None)
         x = block if resampler is None else resampler.resample_chunk(block, last=nxt is None)
-        yield stream.push(x, last=nxt is None)
+        yield Signal(x, whole=False, last=nxt is None)
         block = nxt
+
+
+def iter_file_patches(
+    path: str | os.PathLike,
+    cfg: FrontendConfig,
+    *,
+    block_seconds: float = BLOCK_SECONDS,
+    max_seconds: float | None = None,
+    device: str | torch.device | None = None,
+) -> Iterator[Patches]:
+    """Decode, resample and cut a file into patches (log-mels computed on ``device``, the CPU by default),
+    yielding them block by block for long files so that memory stays flat (the same patches as decoding the
+    whole file; ``tests/test_frontend.py``). Raises AudioError as :func:`iter_file_signal`."""
+    cut = PatchCutter(cfg, device)
+    for signal in iter_file_signal(path, cfg, block_seconds=block_seconds, max_seconds=max_seconds):
+        yield cut(signal)
+
+
+def _stream_threshold(cfg: FrontendConfig) -> float:
+    """Signals longer than this many seconds are cut block by block (``StreamingPatches`` needs more than
+    ``pad_seconds`` and two patches)."""
+    return max(STREAM_SECONDS, cfg.pad_seconds, 2 * cfg.patch_seconds)
 
 
 def file_patches(path: str | os.PathLike, cfg: FrontendConfig, *, max_seconds: float | None = None) -> Patches:

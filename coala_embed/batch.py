@@ -1,5 +1,5 @@
-"""Embed a collection of files into one matrix + manifest: overlapped decoding, cross-file batches,
-atomic outputs, resumable progress state, shards and their merge."""
+"""Embed a collection of files into one matrix + manifest: decoding ahead of the model (``decoding``),
+cross-file batches, atomic outputs, resumable progress state, shards and their merge."""
 
 from __future__ import annotations
 
@@ -8,21 +8,20 @@ import dataclasses
 import datetime
 import json
 import os
-import queue
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .api import batch_across, clip_vector, iter_file_patches
+from . import decoding
+from .api import batch_across, clip_vector
+from .decoding import decode
 from .device import resolve_precision
-from .errors import AudioError, CoalaEmbedError
+from .errors import CoalaEmbedError
 from .files import atomic_write
 from .frontend import Patches
 from .model import CoalaModel
@@ -30,6 +29,7 @@ from .version import __version__
 
 STATE_SUFFIX = ".partial"
 FORMATS = ("npy", "npz")
+LOG_MEL_ON = ("auto", "cpu", "device")
 
 
 @dataclass
@@ -39,19 +39,30 @@ class Options:
     fmt: str = "npy"  # npy | npz
     frames: bool = False  # npz only: frame embeddings, their times and per-file offsets
     batch_size: int = 64
-    workers: int = 2
+    workers: int = 2  # decoding threads or processes
+    decoders: str = "auto"  # threads | processes | auto (decoding.resolve_decoders)
+    log_mel_on: str = "auto"  # cpu (in the decoders) | device (the model's) | auto: device on a GPU
     max_hours: float = 24.0  # longer files are reported as failures
     precision: str = "fp32"  # fp32 | bf16 | auto (device.resolve_precision; the manifest records what ran)
 
 
 def default_workers(device_type: str, cores: int | None = None) -> int:
-    """Decoding threads when ``--workers`` is not given: on a GPU the CPU only decodes, resamples and computes
-    log-mels, so all cores but two (one feeds the GPU) decode; on a CPU the encoder takes the same cores,
-    and half of them decode (the encoder and the decoding stages cost about the same in fp32; on 2 cores
-    both ways give 2, what ``bench/throughput.py`` measures)."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    """Decoding threads or processes when ``--workers`` is not given: on a GPU the CPU only decodes and
+    resamples (and computes log-mels, with ``--log-mel-on cpu``), so all cores but two (one feeds the GPU)
+    decode; on a CPU the encoder takes the same cores, and half of them decode (the encoder and the decoding
+    stages cost about the same in fp32; on 2 cores both ways give 2, what ``bench/throughput.py`` measures)."""
+    cores = cores or decoding.cores()
     return max(2, cores - 2 if device_type == "cuda" else cores // 2)
+
+
+def resolve_log_mel_on(log_mel_on: str, device: torch.device) -> str:
+    """Where the log-mels run: ``auto`` -> ``device`` when the model is on a GPU (the decoders then only decode
+    and resample, and the STFT runs beside the encoder), else ``cpu``."""
+    if log_mel_on not in LOG_MEL_ON:
+        raise ValueError(f"log_mel_on must be one of {LOG_MEL_ON}, got {log_mel_on!r}")
+    if log_mel_on != "auto":
+        return log_mel_on
+    return "device" if device.type == "cuda" else "cpu"
 
 
 def manifest_path(out: Path) -> Path:
@@ -213,40 +224,6 @@ class _State:
         self.log.close()
 
 
-_END = object()  # a producer's last item: the file is complete
-
-
-def _produce(path: Path, model: CoalaModel, opts: Options, parts: queue.Queue, stop: threading.Event) -> None:
-    """Decode one file into ``parts`` block by block (a long file never sits whole in memory): each item is a
-    Patches of consecutive patches, then ``_END``; or an error, which ends the file (an AudioError naming it for
-    anything a bad file can provoke). Gives up as soon as ``stop`` is set (the run ended early)."""
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                parts.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
-
-    try:
-        n = 0
-        for p in iter_file_patches(path, model.config.frontend, max_seconds=opts.max_hours * 3600):
-            n += len(p.patches)
-            if not put(p):
-                return
-        if n == 0:
-            raise AudioError(f"{path}: gave no patches")
-        put(_END)
-    except CoalaEmbedError as e:
-        put(e)
-    except (MemoryError, OSError, ValueError, RuntimeError) as e:  # anything a bad file can provoke
-        put(AudioError(f"{path}: {type(e).__name__}: {e}"))
-    except Exception as e:  # a bug, not a bad file: the consumer re-raises it
-        put(e)
-
-
 def model_info(model: CoalaModel) -> dict:
     info = model.config.info
     return {
@@ -339,48 +316,14 @@ def run(
         elapsed = max(time.time() - t0, 1e-9)
         bar.set_postfix_str(f"{audio_s / 3600:.2f} h audio, {audio_s / elapsed:.0f}x real time", refresh=False)
 
-    def decoded(pool: ThreadPoolExecutor) -> Iterator[tuple[tuple[int, Path, bool], Patches | Exception]]:
-        """The files' parts, decoded by the pool a few files ahead of the model, in input order; the key's flag
-        marks a file's last item (its final part, an empty one, or its error)."""
-        waiting: deque = deque()
-        it = iter(todo)
-        lookahead = max(2, 4 * opts.workers)
-        while True:
-            while len(waiting) < lookahead:
-                nxt = next(it, None)
-                if nxt is None:
-                    break
-                parts: queue.Queue = queue.Queue(maxsize=4)
-                pool.submit(_produce, nxt[1], model, opts, parts, stop)
-                waiting.append((nxt[0], nxt[1], parts))
-            if not waiting:
-                return
-            i, path, parts = waiting.popleft()
-            last_part: Patches | None = None
-            while True:
-                item = parts.get()
-                if item is _END:
-                    assert last_part is not None  # _produce puts at least one part before _END
-                    empty = Patches(last_part.patches[:0], last_part.starts[:0], last_part.ends[:0], last_part.duration)
-                    yield (i, path, True), empty
-                    break
-                if isinstance(item, Exception):
-                    if not isinstance(item, CoalaEmbedError):
-                        raise item
-                    yield (i, path, True), item
-                    break
-                last_part = item
-                yield (i, path, False), item
-
-    stop = threading.Event()  # set when the loop ends, so that no producer waits on a full queue forever
+    frontend_device = model.device if resolve_log_mel_on(opts.log_mel_on, model.device) == "device" else None
+    parts = decode(todo, model.config.frontend, workers=opts.workers, decoders=opts.decoders,
+                   max_seconds=opts.max_hours * 3600, device=frontend_device)  # fmt: skip
     try:
-        with ThreadPoolExecutor(max(1, opts.workers)) as pool:
-            try:
-                for chunk in batch_across(decoded(pool), model, opts.batch_size, precision):
-                    record(chunk)
-            finally:
-                stop.set()
+        for chunk in batch_across(parts, model, opts.batch_size, precision):
+            record(chunk)
     finally:
+        parts.close()  # stops the decoders when the loop ends early
         bar.close()
     opts = dataclasses.replace(opts, precision=precision)
     manifest = finish(out, state, opts, model, shard=shard, seconds=time.time() - t0, n_inputs=len(paths),

@@ -184,8 +184,24 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
     "--workers",
     default=None,
     type=click.IntRange(1),
-    help="Threads decoding and computing log-mels while the model runs [default: on a GPU all CPU cores "
-    "but two, on a CPU half of them; at least 2].",
+    help="Threads or processes (--decoders) decoding and computing log-mels while the model runs [default: on a "
+    "GPU all CPU cores but two, on a CPU half of them; at least 2].",
+)
+@click.option(
+    "--decoders",
+    type=click.Choice(["auto", "threads", "processes"]),
+    default="auto",
+    show_default=True,
+    help="What the --workers are. Processes scale past a few cores and survive a decoder that crashes (the file "
+    "is reported as failed); threads start at once. auto: processes on machines with 4 cores or more.",
+)
+@click.option(
+    "--log-mel-on",
+    type=click.Choice(["auto", "cpu", "device"]),
+    default="auto",
+    show_default=True,
+    help="Where the log-mels are computed: on the CPU by the decoding workers, or on the model's --device beside "
+    "the encoder (the workers then only decode and resample). auto: device on a GPU.",
 )
 @click.option(
     "--precision",
@@ -227,7 +243,7 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs and discard interrupted progress.")
 @click.option("--max-hours", default=24.0, show_default=True, help="Files longer than this are reported as failures.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
-def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, precision, readout, hop, fast_frontend, shard, resume, force, max_hours, quiet) -> None:  # fmt: skip
+def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, decoders, log_mel_on, precision, readout, hop, fast_frontend, shard, resume, force, max_hours, quiet) -> None:  # fmt: skip
     """Embed INPUTS (files and folders) into one matrix with a manifest.
 
     Writes OUTPUT ([N, D] float32 rows, one per file that worked, in sorted path order; D = 1664 with the
@@ -265,10 +281,10 @@ def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, follow_links, weight
             raise click.UsageError(f"--shard must be K/N with 1 <= K <= N, got {shard!r}") from None
     with _locked(out):
         _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers,
-                      precision, readout, hop, fast_frontend, shard, k, n, resume, force, max_hours, quiet)  # fmt: skip
+                      decoders, log_mel_on, precision, readout, hop, fast_frontend, shard, k, n, resume, force, max_hours, quiet)  # fmt: skip
 
 
-def _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, precision, readout, hop, fast_frontend, shard, k, n, resume, force, max_hours, quiet) -> None:  # fmt: skip
+def _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, decoders, log_mel_on, precision, readout, hop, fast_frontend, shard, k, n, resume, force, max_hours, quiet) -> None:  # fmt: skip
     """The embed command once the output is held (cli.embed_cmd took its lock)."""
     from .audio_io import AUDIO_EXTENSIONS, find_audio
 
@@ -296,7 +312,14 @@ def _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_li
     if workers is None:
         workers = batch.default_workers(model.device.type)
     opts = batch.Options(
-        fmt=fmt, frames=frames, batch_size=batch_size, workers=workers, max_hours=max_hours, precision=precision
+        fmt=fmt,
+        frames=frames,
+        batch_size=batch_size,
+        workers=workers,
+        decoders=decoders,
+        log_mel_on=log_mel_on,
+        max_hours=max_hours,
+        precision=precision,
     )
     try:
         manifest = batch.run(paths, out, model, opts, indices=indices, shard=shard, resume=resume, progress=not quiet,

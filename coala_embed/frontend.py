@@ -135,11 +135,12 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -
 
 
 @functools.lru_cache(maxsize=8)
-def _torch_constants(cfg: FrontendConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _torch_constants(cfg: FrontendConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Hann window and the mel filterbank in the STFT's dtype, on ``device`` (the CPU by default)."""
     dtype = torch.float64 if cfg.stft_dtype == "float64" else torch.float32
     window = torch.hann_window(cfg.n_fft, periodic=True, dtype=dtype)
     fb = torch.from_numpy(mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)).to(dtype)
-    return window, fb
+    return window.to(device), fb.to(device)
 
 
 def _spectrum_to_log_mel(frames_stft: torch.Tensor, fb: torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:
@@ -150,8 +151,11 @@ def _spectrum_to_log_mel(frames_stft: torch.Tensor, fb: torch.Tensor, cfg: Front
     return torch.log(fb @ torch.sqrt(re * re + im * im) + cfg.log_eps).to(torch.float32)
 
 
-def log_mel(audio: np.ndarray | torch.Tensor, cfg: FrontendConfig) -> torch.Tensor:
-    """Log-mel spectrogram ``[n_mels, T]`` float32 of mono audio at ``cfg.sample_rate``.
+def log_mel(
+    audio: np.ndarray | torch.Tensor, cfg: FrontendConfig, device: str | torch.device | None = None
+) -> torch.Tensor:
+    """Log-mel spectrogram ``[n_mels, T]`` float32 of mono audio at ``cfg.sample_rate``, computed on ``device``
+    (default: where ``audio`` is, the CPU for an array) and returned there.
 
     Centred STFT with reflect padding and a periodic Hann window, magnitude (power 1), Slaney mel, natural
     log of ``mel + log_eps``; ``T = 1 + n_samples // hop_length``. By default the STFT and the mel product run
@@ -159,8 +163,9 @@ def log_mel(audio: np.ndarray | torch.Tensor, cfg: FrontendConfig) -> torch.Tens
     float32 FFT's noise floor and their logs move by up to ~0.7; on recordings with any noise floor the
     float32 fast path stays within the tolerance that ``tests/test_frontend.py`` states.
     """
-    window, fb = _torch_constants(cfg)
-    x = torch.as_tensor(audio).to(window.dtype)
+    x = torch.as_tensor(audio)
+    window, fb = _torch_constants(cfg, torch.device(device) if device is not None else x.device)
+    x = x.to(window.device, window.dtype)
     if x.shape[-1] <= cfg.n_fft // 2:
         raise AudioError(f"log_mel needs more than {cfg.n_fft // 2} samples, got {x.shape[-1]}")
     spec = torch.stft(x, cfg.n_fft, cfg.hop_length, window=window, center=True, pad_mode="reflect", return_complex=True)
@@ -212,8 +217,9 @@ def gather(spec: torch.Tensor, starts: np.ndarray, cfg: FrontendConfig, first_fr
     ``first_frame``, starting at the frames ``starts``: the one place patches are cut (whole clips, streamed
     blocks and the HEAR wrapper)."""
     if len(starts) == 0:
-        return torch.zeros(0, cfg.n_mels, cfg.patch_frames)
+        return torch.zeros(0, cfg.n_mels, cfg.patch_frames, device=spec.device)
     idx = torch.as_tensor(np.asarray(starts), dtype=torch.long)[:, None] - first_frame + torch.arange(cfg.patch_frames)
+    idx = idx.to(spec.device)
     return spec[:, idx].permute(1, 0, 2).contiguous()
 
 
@@ -245,10 +251,11 @@ def pad(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     return out
 
 
-def patches_from_audio(audio: np.ndarray, cfg: FrontendConfig) -> Patches:
-    """Cut mono audio at the model rate into unscaled log-mel patches (SPEC.md 1.6)."""
+def patches_from_audio(audio: np.ndarray, cfg: FrontendConfig, device: str | torch.device | None = None) -> Patches:
+    """Cut mono audio at the model rate into unscaled log-mel patches (SPEC.md 1.6), the log-mel computed on
+    ``device`` (the CPU by default), where the patches are returned."""
     duration = audio.shape[0] / cfg.sample_rate
-    spec = log_mel(pad(audio, cfg), cfg)
+    spec = log_mel(pad(audio, cfg), cfg, device)
     starts = chunk_starts(spec.shape[1], cfg)
     return Patches(gather(spec, starts, cfg), *patch_times(starts, cfg), duration)
 
@@ -270,16 +277,18 @@ class StreamingPatches:
     than ``pad_seconds`` (and than one patch): shorter ones are padded as a whole by :func:`pad`.
     The frames equal a centred STFT over the whole signal: the first and last ``n_fft // 2`` samples are
     reflected as ``torch.stft(center=True, pad_mode='reflect')`` does, and the seeded dither (signal mode)
-    is drawn in sequence, which gives the same numbers as one draw over the whole length.
+    is drawn in sequence, which gives the same numbers as one draw over the whole length. The STFT runs on
+    ``device`` (the CPU by default), where the patches are returned.
     """
 
-    def __init__(self, cfg: FrontendConfig) -> None:
+    def __init__(self, cfg: FrontendConfig, device: str | torch.device | None = None) -> None:
         self.cfg = cfg
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.half = cfg.n_fft // 2
         self.rng = np.random.default_rng(cfg.noise_seed) if cfg.pooling == "signal" else None
         self.buf = np.zeros(0, dtype=np.float32)  # padded signal from sample `frame * hop` of the next frame on
         self.frame = 0  # next frame to compute
-        self.spec = torch.zeros(cfg.n_mels, 0)  # spectrogram columns from frame `spec0` on
+        self.spec = torch.zeros(cfg.n_mels, 0, device=self.device)  # spectrogram columns from frame `spec0` on
         self.spec0 = 0
         self.next_start = 0  # next patch start (frame)
         self.last_start = -1
@@ -291,8 +300,8 @@ class StreamingPatches:
         n_new = (len(self.buf) - cfg.n_fft) // hop + 1 if len(self.buf) >= cfg.n_fft else 0
         if n_new <= 0:
             return
-        window, fb = _torch_constants(cfg)
-        seg = torch.from_numpy(self.buf[: (n_new - 1) * hop + cfg.n_fft]).to(window.dtype)
+        window, fb = _torch_constants(cfg, self.device)
+        seg = torch.from_numpy(self.buf[: (n_new - 1) * hop + cfg.n_fft]).to(self.device, window.dtype)
         cols = _spectrum_to_log_mel(
             torch.stft(seg, cfg.n_fft, hop, window=window, center=False, return_complex=True), fb, cfg
         )
@@ -333,3 +342,35 @@ class StreamingPatches:
             self.buf = np.concatenate([self.buf, self.tail[:-1][::-1]])
         self._frames()
         return self._emit(final=last)
+
+
+@dataclass
+class Signal:
+    """Mono float32 audio at the model rate on its way to the front-end: a short clip's whole signal (padded and
+    cut at once by :func:`patches_from_audio`) or one block of a long one (cut by :class:`StreamingPatches`).
+
+    Attributes:
+        audio: ``[n]`` float32 at ``cfg.sample_rate``.
+        whole: the whole clip, rather than a block of a streamed one.
+        last: the clip's last part.
+    """
+
+    audio: np.ndarray
+    whole: bool
+    last: bool
+
+
+class PatchCutter:
+    """Cut the :class:`Signal` parts of one clip, in order, into the patches :func:`patches_from_audio` gives
+    for the whole clip; the log-mels run on ``device`` (the CPU by default). One cutter per clip."""
+
+    def __init__(self, cfg: FrontendConfig, device: str | torch.device | None = None) -> None:
+        self.cfg, self.device = cfg, device
+        self.stream: StreamingPatches | None = None
+
+    def __call__(self, signal: Signal) -> Patches:
+        if signal.whole:
+            return patches_from_audio(signal.audio, self.cfg, self.device)
+        if self.stream is None:
+            self.stream = StreamingPatches(self.cfg, self.device)
+        return self.stream.push(signal.audio, last=signal.last)

@@ -233,7 +233,8 @@ def _cli(*args):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9(tmp_path, weights_dir):
+@pytest.mark.parametrize("decoders", ["threads", "processes"])
+def test_resume_after_kill_9(tmp_path, weights_dir, decoders):
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(40):
@@ -248,7 +249,8 @@ def test_resume_after_kill_9(tmp_path, weights_dir):
     for attempt in range(8):  # kill -9 at different moments until a run gets to the end
         args = ["--resume"] if attempt else []
         p = subprocess.Popen(
-            _cli(folder, "-o", out, "--weights", weights_dir, "-q", "--batch-size", "1", "--workers", "1", *args)
+            _cli(folder, "-o", out, "--weights", weights_dir, "-q", "--batch-size", "1", "--workers", "1",
+                 "--decoders", decoders, *args)  # fmt: skip
         )
         deadline = time.time() + 60
         target = seen + 3 + int(rng.integers(0, 4))
@@ -323,7 +325,7 @@ def test_the_output_path_is_checked_before_any_audio_is_decoded(tmp_path, weight
     def no_decoding(*a, **k):
         raise AssertionError("audio was decoded before the output path was checked")
 
-    monkeypatch.setattr(batch_mod, "_produce", no_decoding)
+    monkeypatch.setattr(batch_mod, "decode", no_decoding)
     cases = {
         "feats.txt": "must end in .npy or .npz",
         "feats.npy --format npz": "contradicts the extension",
