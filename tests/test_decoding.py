@@ -149,3 +149,25 @@ def test_log_mel_on_the_gpu_matches_the_cpu(stft_dtype, atol):
     gpu = log_mel(x, cfg, "cuda").cpu()
     assert gpu.shape == cpu.shape
     torch.testing.assert_close(gpu, cpu, rtol=0, atol=atol)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.gpu
+def test_one_process_per_gpu_on_shards_merges_to_the_rows_of_one_run(mixed, weights_dir, tmp_path):
+    # README's recipe: `coala-embed ... --device cuda:K --shard K+1/N &` for each GPU, then `coala-embed merge`
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return [sys.executable, "-m", "coala_embed", *map(str, args)]
+
+    one = tmp_path / "one.npy"
+    subprocess.run(cli(mixed, "-o", one, "--weights", weights_dir, "-q", "--device", "cuda:0"), check=False)
+    parts = [tmp_path / f"part{k}.npy" for k in range(2)]
+    procs = [subprocess.Popen(cli(mixed, "-o", parts[k], "--weights", weights_dir, "-q", "--device", f"cuda:{k}",
+                                  "--shard", f"{k + 1}/2", "--workers", "2")) for k in range(2)]  # fmt: skip
+    assert [p.wait() for p in procs] == [1, 1]  # each shard holds some of the bad files
+    r = run("merge", "-o", tmp_path / "merged.npy", *parts)
+    assert r.exit_code == 0, r.output
+    # the same GPU model runs the same kernels: equal within float32 rounding of reordered batches
+    np.testing.assert_allclose(np.load(tmp_path / "merged.npy"), np.load(one), rtol=1e-4, atol=1e-5)

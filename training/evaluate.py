@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import sys
@@ -64,10 +65,17 @@ def with_recipe(config: CoalaConfig, recipe: str) -> CoalaConfig:
 
 
 # ------------------------------------------------------------------------------------------- features
+def task_cache(cache: Path, task: str, rows: list[dict]) -> Path:
+    """The cache folder of one version of a task: named by a hash of its clips' paths, so that features cached
+    for a task whose clips have changed (a rebuilt split) are never read as the new task's."""
+    digest = hashlib.sha1("\n".join(r["path"] for r in rows).encode()).hexdigest()[:12]
+    return cache / task / digest
+
+
 def task_patches(task: str, rows: list[dict], cfg: FrontendConfig, cache: Path) -> tuple[torch.Tensor, np.ndarray]:
     """All patches of a task under one front-end setting (cached): ``[P, 96, 96]`` and offsets ``[N + 1]``."""
     key = f"patches-{cfg.pooling}-{cfg.chunk_hop}-{cfg.noise_seed}"
-    f = cache / task / f"{key}.pt"
+    f = task_cache(cache, task, rows) / f"{key}.pt"
     if f.exists():
         d = torch.load(f, weights_only=True)
         return d["patches"].float(), d["offsets"].numpy()
@@ -94,7 +102,7 @@ def cached_features(task: str, rows: list[dict], model: CoalaModel, cache: Path,
     name = f"clips-{key}-{cfg.pooling}-{cfg.chunk_hop}-{clip.stat}" + (
         "" if clip.readout == "z" else f"-{clip.readout}"
     )
-    f = cache / task / f"{name}.npy" if key else None
+    f = task_cache(cache, task, rows) / f"{name}.npy" if key else None
     if f is not None and f.exists():
         return np.load(f)
     patches, offsets = task_patches(task, rows, cfg, cache)
@@ -107,7 +115,7 @@ def cached_features(task: str, rows: list[dict], model: CoalaModel, cache: Path,
 def mfcc_features(task: str, rows: list[dict], cache: Path) -> np.ndarray:
     """The MFCC baseline exactly as SPEC.md 7.3: 20 MFCCs (n_fft 2048, hop 512, 128 mels, dB) + deltas,
     mean and variance of each over time: 120-d; audio at 22 kHz, no padding."""
-    f = cache / task / "mfcc.npy"
+    f = task_cache(cache, task, rows) / "mfcc.npy"
     if f.exists():
         return np.load(f)
     import librosa

@@ -25,14 +25,18 @@ case "$RECIPE" in
 esac
 DATA="${COALA_EMBED_DATA:-$HOME/.cache/coala-embed}"
 PY="${PYTHON:-python}"
+# One run per recipe and seed: a longer SAMPLES continues the shorter run (the learning rate is constant up to
+# 400k samples and runs stop at epoch ends, so its first epochs are the shorter run's, bit for bit).
 NAME="scr_${RECIPE}_s${SEED}"
-[ "$SAMPLES" = 100000 ] || NAME="${NAME}_${SAMPLES}"
+EVAL="$DATA/eval/$NAME"
+[ "$SAMPLES" = 100000 ] || EVAL="${EVAL}_${SAMPLES}"
 mkdir -p "$DATA/logs"
-if [ ! -e "$DATA/runs/$NAME/DONE" ]; then
+done_samples() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['samples'])" "$DATA/runs/$NAME/DONE" 2>/dev/null || echo 0; }
+if [ "$(done_samples)" -lt "$SAMPLES" ]; then
   $PY -m training.train training/configs/ae_c.json --set name="$NAME" max_samples="$SAMPLES" \
     min_samples="$SAMPLES" seed="$SEED" ${SET[@]+"${SET[@]}"} >> "$DATA/logs/$NAME.log" 2>&1
 fi
 LAST=$(cd "$DATA/runs/$NAME" && ls snapshot_epoch*.pt | sort -V | tail -1)
 $PY -m training.evaluate --model "$NAME:$LAST" --recipe signal --recipe signal_zmax --split val --seeds 0 \
-  --out "$DATA/eval/$NAME" >> "$DATA/logs/$NAME.log" 2>&1
-tail -2 "$DATA/eval/$NAME/results_val.md" | sed "s/^/$NAME $LAST: /"
+  --out "$EVAL" >> "$DATA/logs/$NAME.log" 2>&1
+tail -2 "$EVAL/results_val.md" | sed "s/^/$NAME $LAST: /"

@@ -7,10 +7,11 @@
   0 / 1 / 2-4 of a stratified group 5-fold split (seed 0).
 * ``instruments``: GM notes rendered with fluidsynth from musescore-general-soundfont, 16 GM families;
   split by program, so test instruments are unseen: per family 2 programs test, 2 validation, 4 train.
-* ``drums``: GM drum notes rendered from the same soundfont's drum kits, 29 classes (the GM percussion names:
-  bass drum, snare drum, closed / pedal / open hihat, crash / ride / china / splash cymbal, conga, bongo, ...);
-  split by kit family, so test kits are unseen: Room and Jazz kits test, Power and Brush kits validation,
-  Standard, Electronic, TR-808 and Orchestra kits train.
+* ``drums``: GM drum notes, 29 classes (the GM percussion names: bass drum, snare drum, closed / pedal / open
+  hihat, crash / ride / china / splash cymbal, conga, bongo, ...). Train and validation come from the same
+  soundfont's drum kits, split by kit family (Standard, Electronic, TR-808 and Orchestra kits train; Power and
+  Brush kits validation); the test split is two multi-sampled acoustic kits of another source, the AVL Drumkits
+  (avldrums.lv2-soundfont: Black Pearl and Red Zeppelin), so test kits are unseen and unlike the training ones.
 * ``languages``: KLettres (klettres-data) letters and syllables read aloud, one voice per language folder, 20 classes
   (speech: language and speaker identification); stratified 50/25/25 train/validation/test (seed 0).
 
@@ -57,7 +58,6 @@ DRUM_KITS = {
         48: "Orchestra Kit",
     },
     "val": {16: "Power", 17: "Power 1", 18: "Power 2", 19: "Power 3", 40: "Brush", 41: "Brush 1", 42: "Brush 2"},
-    "test": {8: "Room", 9: "Room 1", 10: "Room 2", 11: "Room 3", 32: "Jazz", 33: "Jazz 1"},
 }
 DEFAULT_FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
 
@@ -219,6 +219,9 @@ def build_instruments(data: Path) -> Path:
     return out
 
 
+DRUM_TEST_PACKAGE = "avldrums.lv2-soundfont"  # an evaluation package: never part of pretraining
+
+
 def build_drums(data: Path) -> Path:
     out = data / "tasks" / "drums"
     if (out / "task.csv").exists():
@@ -232,11 +235,30 @@ def build_drums(data: Path) -> Path:
     for path, n in _audible_notes(soundfont, notes, out / "audio", "drum"):
         split, name = split_of[n["program"]]
         rows.append({"path": str(path), "label": GM_DRUMS[n["pitch"]].replace(" ", "_"), "split": split, "group": name})
+    # The test kits: each AVL soundfont holds one kit as its preset 0 (bank 0), played on an ordinary channel
+    avl_version, avl_root = _evaluation_package(data, DRUM_TEST_PACKAGE)
+    avl_kits = sorted(p for p in avl_root.rglob("*.sf2") if not p.is_symlink())  # usr/lib/lv2 links them
+    if not avl_kits:
+        raise SystemExit(f"no soundfont in {avl_root}")
+    for kit in avl_kits:
+        name = kit.stem.replace("_LV2", "").replace("_", " ")
+        notes = [  # five velocities: the AVL kits hold five velocity layers per piece
+            {"channel": 0, "program": 0, "pitch": pitch, "velocity": vel}
+            for pitch in GM_DRUMS
+            for vel in (40, 60, 80, 100, 120)
+        ]
+        for path, n in _audible_notes(kit, notes, out / "audio" / kit.stem, "drum"):
+            rows.append(
+                {"path": str(path), "label": GM_DRUMS[n["pitch"]].replace(" ", "_"), "split": "test", "group": name}
+            )
     card = {"task": "drums", "source": f"musescore-general-soundfont {version} ({soundfont.name}, MIT), drum kits "
-            "(bank 128) rendered with fluidsynth",
-            "split_rule": "by kit family: Room and Jazz kits test, Power and Brush kits validation, the rest train; "
-                          "GM drum notes 35-81, velocities 60, 90 and 120, 2 s notes in 3 s clips",
-            "kits": {split: list(named.values()) for split, named in DRUM_KITS.items()}}  # fmt: skip
+            f"(bank 128); {DRUM_TEST_PACKAGE} {avl_version} (CC-BY-SA-4.0, AVL Drumkits: "
+            f"{', '.join(k.name for k in avl_kits)}); rendered with fluidsynth",
+            "split_rule": "MuseScore kits by kit family: Power and Brush validation, the rest train; the AVL "
+                          "acoustic kits test; GM drum notes 35-81 (those a kit sounds), velocities 60, 90 and 120 "
+                          "(AVL kits: 40, 60, 80, 100 and 120), 2 s notes in 3 s clips",
+            "kits": {**{split: list(named.values()) for split, named in DRUM_KITS.items()},
+                     "test": [k.stem for k in avl_kits]}}  # fmt: skip
     write_task(out, rows, card)
     return out
 
