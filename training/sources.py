@@ -74,10 +74,14 @@ WIDE_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "warzone2100-music": ("GPL-2+ / CC0-1.0", ("music", "soundtrack")),
     "nexuiz-music": ("GPL-2+", ("music", "soundtrack")),
     "ufoai-music": ("GPL-2+ / CC-BY-SA-3.0 / CC-BY-3.0", ("music", "soundtrack")),
+    # the recorded sentences of a Russian unit-selection voice (its wav/ folder; one male speaker, read prose)
+    "festvox-ru": ("BSD-like", ("speech", "voice", "male", "russian", "sentence")),
+    # organ pipes of eight stops (bourdon, gamba, hautbois, trompette, ...) inside a .orgue (zip) sample set
+    "grandorgue-demo": ("GPL-2+ or CC-BY-SA-2.5", ("organ", "pipe", "note", "instrument")),
 }
 ALL_SOURCES = {**SOURCES, **SPEECH_SOURCES, **WIDE_SOURCES}
 # Their file names say *what* is spoken (or name a level), so only the package's metadata tags them (corpus.scan).
-PACKAGE_TAGS_ONLY = (*SPEECH_SOURCES, "fillets-ng-data-cs", "fillets-ng-data-nl")
+PACKAGE_TAGS_ONLY = (*SPEECH_SOURCES, "fillets-ng-data-cs", "fillets-ng-data-nl", "festvox-ru")
 # At most this many sounds of a package, drawn with a fixed seed, so that a few voices do not dominate the corpus
 # (gcin-voice has 2,358 syllables from two speakers; fillets-ng-data-cs 1,882 lines from a handful of actors).
 MAX_FILES = {
@@ -88,6 +92,7 @@ MAX_FILES = {
     "asterisk-core-sounds-ru-wav": 300,
     "fillets-ng-data-cs": 400,
     "fillets-ng-data-nl": 400,
+    "festvox-ru": 300,
 }
 # Packages whose files are read without being sounds themselves.
 METADATA_PACKAGES = ("asterisk-core-sounds-en",)
@@ -142,4 +147,4 @@ assert not set(PRETRAIN_PACKAGES) & set(EXCLUDED_PACKAGES)
 assert not any(forbidden(p) for p in PRETRAIN_PACKAGES)
 
 AUDIO_EXTENSIONS = (".wav", ".ogg", ".flac", ".mp3", ".opus", ".oga")
-ARCHIVE_EXTENSIONS = (".zip", ".pk3", ".wz")
+ARCHIVE_EXTENSIONS = (".zip", ".pk3", ".wz", ".orgue")
