@@ -30,7 +30,10 @@ from .errors import AudioError, CoalaEmbedError
 from .frontend import PatchCutter, Patches, Signal
 
 DECODERS = ("auto", "threads", "processes")
-PROCESS_MIN_CORES = 4  # ``auto`` decodes in processes on machines with at least this many cores (module docstring)
+# ``auto`` decodes in processes on machines with at least this many cores. Measured: on 2 cores threads keep 100 %
+# of the machine's bound and processes 86 % (README, "An archive"); on 16 cores threads kept 27 % of the decode
+# bound. Where between the two processes start to win is not measured yet (``bench/gpu.sh`` measures 16 cores).
+PROCESS_MIN_CORES = 4
 QUEUE_PARTS = 8  # parts each worker may hold ready ahead of the model
 
 _END = "end"  # a file's last item: the file is complete
@@ -101,25 +104,22 @@ def _threaded(
     waiting: deque = deque()
     it = iter(todo)
     lookahead = max(2, 4 * workers)
-    try:
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            try:
-                while True:
-                    while len(waiting) < lookahead:
-                        nxt = next(it, None)
-                        if nxt is None:
-                            break
-                        parts: queue.Queue = queue.Queue(maxsize=4)
-                        pool.submit(_produce, nxt[1], cfg, max_seconds, signal, parts, stop)
-                        waiting.append((nxt[0], nxt[1], parts))
-                    if not waiting:
-                        return
-                    i, path, parts = waiting.popleft()
-                    yield i, path, drain(parts)
-            finally:
-                stop.set()
-    finally:
-        stop.set()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        try:
+            while True:
+                while len(waiting) < lookahead:
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    parts: queue.Queue = queue.Queue(maxsize=4)
+                    pool.submit(_produce, nxt[1], cfg, max_seconds, signal, parts, stop)
+                    waiting.append((nxt[0], nxt[1], parts))
+                if not waiting:
+                    return
+                i, path, parts = waiting.popleft()
+                yield i, path, drain(parts)
+        finally:
+            stop.set()  # before the pool's exit waits for its threads
 
 
 def _to_wire(item: Item) -> tuple:
