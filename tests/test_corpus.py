@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,36 @@ def test_hdf5_round_trip(tmp_path):
     np.testing.assert_array_equal(l2, labels[:4])
 
 
+def _rcc(folder: str, files: dict[str, bytes], other: tuple[str, bytes]) -> bytes:
+    """A Qt resource bundle (format 3, as Qt's rcc writes it): ``files`` in ``folder`` (the first stored as is, the
+    others zlib-compressed as qCompress does) and one more file, ``other``, beside the folder."""
+    names, data = b"", b""
+
+    def name(text: str) -> int:
+        nonlocal names
+        names += struct.pack(">HI", len(text), 0) + text.encode("utf-16-be")
+        return len(names) - 6 - 2 * len(text)
+
+    def blob(content: bytes, compressed: bool) -> int:
+        nonlocal data
+        if compressed:
+            content = struct.pack(">I", len(content)) + zlib.compress(content)
+        data += struct.pack(">I", len(content)) + content
+        return len(data) - 4 - len(content)
+
+    def file_node(file: str, content: bytes, compressed: bool) -> bytes:
+        return struct.pack(">IHHHIQ", name(file), int(compressed), 0, 0, blob(content, compressed), 0)
+
+    tree = struct.pack(">IHIIQ", 0, 2, 2, 1, 0)  # node 0, the root: nodes 1 and 2
+    tree += struct.pack(">IHIIQ", name(folder), 2, len(files), 3, 0)  # node 1, the folder: nodes 3...
+    tree += file_node(*other, False)  # node 2
+    for k, (file, content) in enumerate(files.items()):
+        tree += file_node(file, content, k > 0)
+    head = 24
+    offsets = (head + len(data) + len(names), head, head + len(data), 0)  # tree, data, names, flags
+    return b"qres" + struct.pack(">IIIII", 3, *offsets) + data + names + tree
+
+
 def test_archives(tmp_path):
     buf = tmp_path / "w.wav"
     sf.write(buf, np.zeros(1000, np.float32), 8000)
@@ -210,9 +241,13 @@ def test_archives(tmp_path):
     lump = struct.pack("<HHI", 3, 11025, len(pcm) + 32) + b"\x80" * 16 + pcm + b"\x80" * 16
     wad = b"IWAD" + struct.pack("<II", 1, 12 + len(lump)) + lump + struct.pack("<II8s", 12, len(lump), b"DSPISTOL")
     (tmp_path / "doom.wad").write_bytes(wad)
+    (tmp_path / "res.rcc").write_bytes(_rcc("sounds", {"cow.wav": wav, "moo.wav": wav}, ("icon.png", b"png")))
     n = archives.unpack_all(tmp_path, (".wav",), (".pk3",))
     out = tmp_path / archives.UNPACKED
-    assert n == 4
+    assert n == 6
+    assert (out / "res" / "sounds" / "cow.wav").read_bytes() == wav  # stored as is
+    assert (out / "res" / "sounds" / "moo.wav").read_bytes() == wav  # zlib-compressed in the bundle
+    assert not (out / "res" / "icon.png").exists()
     assert (out / "pak0" / "sound" / "weapons" / "shot.wav").exists()
     assert not (tmp_path.parent / "evil.wav").exists()
     assert [p.name for p in (out / "sfx").iterdir()] == ["000 Splat _docks_canals_.wav"]

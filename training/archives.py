@@ -1,4 +1,4 @@
-"""Audio packed inside game archives: zip-like (.zip, .pk3, .wz), OpenTTD's .cat, Doom's .wad (DMX lumps)."""
+"""Audio packed inside archives: zip-like (.zip, .pk3, .wz), OpenTTD's .cat, Doom's .wad (DMX lumps), Qt's .rcc."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import re
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,49 @@ def unpack_wad(archive: Path, out: Path) -> int:
     return n
 
 
+def unpack_rcc(archive: Path, out: Path, audio_ext: tuple[str, ...]) -> int:
+    """The audio files of a Qt resource bundle (``.rcc``, formats 1-3): a header ``qres``, version, and the offsets
+    of a tree of nodes, of the data and of the names. A node is a folder (child count, first child) or a file
+    (locale, data offset), 14 bytes, plus a modification time from format 2 on; names are UTF-16 with a length and
+    a hash; a file's data is a 4-byte length, then the bytes, stored as they are or zlib-compressed (``qCompress``:
+    a 4-byte length first). zstd-compressed files are skipped."""
+    b = archive.read_bytes()
+    if b[:4] != b"qres":
+        raise struct.error("not a Qt resource bundle")
+    version, tree, data, names = struct.unpack(">IIII", b[4:20])
+    node_size = 14 if version == 1 else 22
+
+    def name(offset: int) -> str:
+        (n,) = struct.unpack(">H", b[names + offset : names + offset + 2])
+        return b[names + offset + 6 : names + offset + 6 + 2 * n].decode("utf-16-be")
+
+    count = 0
+    todo = [(0, "")]  # (node, its folder's path)
+    while todo:
+        node, folder = todo.pop()
+        at = tree + node * node_size
+        name_offset, flags = struct.unpack(">IH", b[at : at + 6])
+        path = folder + "/" + name(name_offset) if node else ""
+        if flags & 2:  # a folder
+            n_children, first = struct.unpack(">II", b[at + 6 : at + 14])
+            todo += [(c, path) for c in range(first, first + n_children)]
+            continue
+        if not path.lower().endswith(audio_ext) or flags & 4:
+            continue
+        (offset,) = struct.unpack(">I", b[at + 10 : at + 14])
+        (size,) = struct.unpack(">I", b[data + offset : data + offset + 4])
+        blob = b[data + offset + 4 : data + offset + 4 + size]
+        if flags & 1:
+            blob = zlib.decompress(blob[4:])
+        target = out / _safe(path)
+        if not target.resolve().is_relative_to(out.resolve()):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(blob)
+        count += 1
+    return count
+
+
 def unpack_all(root: Path, audio_ext: tuple[str, ...], archive_ext: tuple[str, ...]) -> int:
     """Unpack the audio of every archive under ``root`` into ``root/_unpacked/<archive name>/``."""
     total = 0
@@ -92,6 +136,8 @@ def unpack_all(root: Path, audio_ext: tuple[str, ...], archive_ext: tuple[str, .
                 total += unpack_cat(f, out)
             elif suffix == ".wad":
                 total += unpack_wad(f, out)
-        except (zipfile.BadZipFile, struct.error, OSError, IndexError) as e:
+            elif suffix == ".rcc":
+                total += unpack_rcc(f, out, audio_ext)
+        except (zipfile.BadZipFile, struct.error, OSError, IndexError, zlib.error, UnicodeDecodeError) as e:
             log.warning("cannot unpack %s: %s", f, e)
     return total

@@ -76,6 +76,8 @@ WIDE_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "ufoai-music": ("GPL-2+ / CC-BY-SA-3.0 / CC-BY-3.0", ("music", "soundtrack")),
     # the recorded sentences of a Russian unit-selection voice (its wav/ folder; one male speaker, read prose)
     "festvox-ru": ("BSD-like", ("speech", "voice", "male", "russian", "sentence")),
+    # GCompris's sounds inside its Qt resource bundles (.rcc): instruments, farm animals, effects, world music
+    "gcompris-qt-data": ("GPL-3+; some files CC-BY-3.0 or CC-BY-SA-4.0 (its debian/copyright)", ()),
 }
 ALL_SOURCES = {**SOURCES, **SPEECH_SOURCES, **WIDE_SOURCES}
 # Their file names say *what* is spoken (or name a level), so only the package's metadata tags them (corpus.scan).

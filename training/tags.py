@@ -15,7 +15,7 @@ PACKAGING_WORDS = frozenset(
     stamp stamps tuxpaint supertux supertuxkart redeclipse naev wesnoth colobot lincity ng fillets endless sky
     extremetuxracer etr frozen bubble freedesktop oxygen deepin yaru lomiri sonic pi lmms asterisk moh opsound
     warzone openarena freedoom openttd opensfx stereo mono khz bit unpacked pak core mp vm conf confbridge tut
-    pcv memressp festivoxmale""".split()
+    pcv memressp festivoxmale gcompris activities""".split()
 )
 # ISO 639-1 codes and a few region codes seen in paths (kangaroo_desc_fr.ogg, en_US_f_Allison).
 LANGUAGE_CODES = frozenset(
