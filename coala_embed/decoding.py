@@ -10,6 +10,7 @@ the file it was decoding is reported as failed and a new worker takes over. ``be
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -154,7 +155,7 @@ def _worker(
     max_seconds: float | None,
     signal: bool,
     out: mp.Queue,
-    current: mp.sharedctypes.Synchronized,
+    current: ctypes.c_longlong,
 ) -> None:
     """A decoding process: its files' items into ``out``, each tagged with the file's position in the run, which
     ``current`` also holds while the file is decoded. Exits when the run has gone."""
