@@ -26,7 +26,7 @@ esac
 DATA="${COALA_EMBED_DATA:-$HOME/.cache/coala-embed}"
 PY="${PYTHON:-python}"
 # One run per recipe and seed: a longer SAMPLES continues the shorter run (the learning rate is constant up to
-# 400k samples and runs stop at epoch ends, so its first epochs are the shorter run's, bit for bit).
+# 400k samples and runs stop at epoch ends, so its first epochs are the shorter run's).
 NAME="scr_${RECIPE}_s${SEED}"
 EVAL="$DATA/eval/$NAME"
 [ "$SAMPLES" = 100000 ] || EVAL="${EVAL}_${SAMPLES}"

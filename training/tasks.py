@@ -252,7 +252,7 @@ def build_drums(data: Path) -> Path:
                 {"path": str(path), "label": GM_DRUMS[n["pitch"]].replace(" ", "_"), "split": "test", "group": name}
             )
     card = {"task": "drums", "source": f"musescore-general-soundfont {version} ({soundfont.name}, MIT), drum kits "
-            f"(bank 128); {DRUM_TEST_PACKAGE} {avl_version} (CC-BY-SA-4.0, AVL Drumkits: "
+            f"(bank 128); {DRUM_TEST_PACKAGE} {avl_version} (CC-BY-SA-3.0, AVL Drumkits by Glen MacArthur: "
             f"{', '.join(k.name for k in avl_kits)}); rendered with fluidsynth",
             "split_rule": "MuseScore kits by kit family: Power and Brush validation, the rest train; the AVL "
                           "acoustic kits test; GM drum notes 35-81 (those a kit sounds), velocities 60, 90 and 120 "
