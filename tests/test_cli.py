@@ -248,10 +248,8 @@ def test_resume_after_kill_9(tmp_path, weights_dir, decoders):
     kills, seen = 0, 0
     for attempt in range(8):  # kill -9 at different moments until a run gets to the end
         args = ["--resume"] if attempt else []
-        p = subprocess.Popen(
-            _cli(folder, "-o", out, "--weights", weights_dir, "-q", "--batch-size", "1", "--workers", "1",
-                 "--decoders", decoders, *args)  # fmt: skip
-        )
+        opts = ["-q", "--batch-size", "1", "--workers", "1", "--decoders", decoders, *args]
+        p = subprocess.Popen(_cli(folder, "-o", out, "--weights", weights_dir, *opts))
         deadline = time.time() + 60
         target = seen + 3 + int(rng.integers(0, 4))
         while time.time() < deadline and p.poll() is None:
