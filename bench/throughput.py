@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -228,24 +229,20 @@ def make_large(folder: Path, files: int = 2000, hours: float = 15.5) -> None:
     todo = [p for p in plan if not (folder / p[0]).exists()]
     t = time.perf_counter()
     with mp.get_context("spawn").Pool(os.cpu_count()) as pool:
-        for k, _ in enumerate(pool.imap_unordered(_decode_or_write, [("write", str(folder), p) for p in todo])):
+        for k, _ in enumerate(pool.imap_unordered(functools.partial(_write_large_file, str(folder)), todo)):
             if k % 200 == 0:
                 print(f"  generating the large set: {k}/{len(todo)} files", file=sys.stderr)
     recipe.write_text(want)
     print(f"  generated {len(todo)} files in {time.perf_counter() - t:.0f} s", file=sys.stderr)
 
 
-def _decode_or_write(job: tuple) -> float:
-    """A pool worker's job: write one file of the large set, or decode one file as the CLI's decoders do
-    (returns its seconds of audio)."""
-    torch.set_num_threads(1)
-    if job[0] == "write":
-        _write_large_file(job[1], job[2])
-        return 0.0
+def _decode_one(job: tuple[str, FrontendConfig, bool]) -> float:
+    """A pool worker's job: decode one file as the CLI's decoders do; returns its seconds of audio."""
     from coala_embed.decoding import file_items
     from coala_embed.frontend import Patches, Signal
 
-    _, path, cfg, signal = job
+    torch.set_num_threads(1)
+    path, cfg, signal = job
     seconds = 0.0
     for item in file_items(Path(path), cfg, None, signal):
         if isinstance(item, Signal):
@@ -259,9 +256,9 @@ def decode_bound(paths: list[Path], cfg: FrontendConfig, signal: bool, cores: in
     """x real time of decoding, resampling (and, unless ``signal``, cutting log-mel patches) on ``cores``
     processes with nothing else running: what no way of feeding the model can beat on this machine."""
     with mp.get_context("spawn").Pool(cores) as pool:
-        pool.map(_decode_or_write, [("decode", str(paths[0]), cfg, signal)])  # start-up apart
+        pool.map(_decode_one, [(str(paths[0]), cfg, signal)])  # start-up apart
         t = time.perf_counter()
-        seconds = sum(pool.imap_unordered(_decode_or_write, [("decode", str(p), cfg, signal) for p in paths], 4))
+        seconds = sum(pool.imap_unordered(_decode_one, [(str(p), cfg, signal) for p in paths], 4))
         return seconds / (time.perf_counter() - t)
 
 
@@ -272,9 +269,9 @@ def large(a: argparse.Namespace, weights: str, say) -> dict:
     cores = len(os.sched_getaffinity(0))
     cfg = FrontendConfig()
     paths = sorted(folder.glob("[ab]/*.*"))
-    first = sorted((folder / "a").iterdir())
-    first_s = sum(sf.info(p).duration for p in first)
-    total_s = sum(sf.info(p).duration for p in paths)
+    seconds = {p: sf.info(p).duration for p in paths}
+    first_s = sum(v for p, v in seconds.items() if p.parent.name == "a")
+    total_s = sum(seconds.values())
     fmts = {ext: sum(1 for p in paths if p.suffix == "." + ext) for ext, *_ in LARGE_FORMATS}
     say(f"large set: {len(paths)} files, {total_s / 3600:.2f} h ({fmts}), {folder}")
     res: dict = {"large_files": len(paths), "large_hours": total_s / 3600}

@@ -15,11 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import decoding
 from .api import batch_across, clip_vector
-from .decoding import decode
+from .decoding import decode, resolve_log_mel_on
 from .device import resolve_precision
 from .errors import CoalaEmbedError
 from .files import atomic_write
@@ -29,7 +28,6 @@ from .version import __version__
 
 STATE_SUFFIX = ".partial"
 FORMATS = ("npy", "npz")
-LOG_MEL_ON = ("auto", "cpu", "device")
 
 
 @dataclass
@@ -41,7 +39,7 @@ class Options:
     batch_size: int = 64
     workers: int = 2  # decoding threads or processes
     decoders: str = "auto"  # threads | processes | auto (decoding.resolve_decoders)
-    log_mel_on: str = "auto"  # cpu (in the decoders) | device (the model's) | auto: device on a GPU
+    log_mel_on: str = "auto"  # cpu (in the decoders) | device (the model's) | auto (decoding.resolve_log_mel_on)
     max_hours: float = 24.0  # longer files are reported as failures
     precision: str = "fp32"  # fp32 | bf16 | auto (device.resolve_precision; the manifest records what ran)
 
@@ -53,16 +51,6 @@ def default_workers(device_type: str, cores: int | None = None) -> int:
     stages cost about the same in fp32; on 2 cores both ways give 2, what ``bench/throughput.py`` measures)."""
     cores = cores or decoding.cores()
     return max(2, cores - 2 if device_type == "cuda" else cores // 2)
-
-
-def resolve_log_mel_on(log_mel_on: str, device: torch.device) -> str:
-    """Where the log-mels run: ``auto`` -> ``device`` when the model is on a GPU (the decoders then only decode
-    and resample, and the STFT runs beside the encoder), else ``cpu``."""
-    if log_mel_on not in LOG_MEL_ON:
-        raise ValueError(f"log_mel_on must be one of {LOG_MEL_ON}, got {log_mel_on!r}")
-    if log_mel_on != "auto":
-        return log_mel_on
-    return "device" if device.type == "cuda" else "cpu"
 
 
 def manifest_path(out: Path) -> Path:

@@ -31,6 +31,7 @@ from .errors import AudioError, CoalaEmbedError
 from .frontend import PatchCutter, Patches, Signal
 
 DECODERS = ("auto", "threads", "processes")
+LOG_MEL_ON = ("auto", "cpu", "device")
 # ``auto`` decodes in processes on machines with at least this many cores. Measured: on 2 cores threads keep 100 %
 # of the machine's bound and processes 86 % (README, "An archive"); on 16 cores threads kept 27 % of the decode
 # bound. Where between the two processes start to win is not measured yet (``bench/gpu.sh`` measures 16 cores).
@@ -55,6 +56,16 @@ def resolve_decoders(decoders: str, n_cores: int | None = None) -> str:
     if decoders != "auto":
         return decoders
     return "processes" if (n_cores or cores()) >= PROCESS_MIN_CORES else "threads"
+
+
+def resolve_log_mel_on(log_mel_on: str, device: torch.device) -> str:
+    """Where the log-mels run: ``auto`` -> ``device`` when the model is on a GPU (the decoders then only decode
+    and resample, and the STFT runs beside the encoder), else ``cpu``."""
+    if log_mel_on not in LOG_MEL_ON:
+        raise ValueError(f"log_mel_on must be one of {LOG_MEL_ON}, got {log_mel_on!r}")
+    if log_mel_on != "auto":
+        return log_mel_on
+    return "device" if device.type == "cuda" else "cpu"
 
 
 def file_items(path: Path, cfg: FrontendConfig, max_seconds: float | None, signal: bool) -> Iterator[Item]:

@@ -20,7 +20,7 @@ from conftest import noise, sine
 from coala_embed import batch, load_model
 from coala_embed.api import STREAM_SECONDS
 from coala_embed.cli import main
-from coala_embed.decoding import resolve_decoders
+from coala_embed.decoding import resolve_decoders, resolve_log_mel_on
 from coala_embed.frontend import FrontendConfig, log_mel
 
 WAYS = [("threads", "cpu"), ("threads", "device"), ("processes", "cpu"), ("processes", "device")]
@@ -68,8 +68,8 @@ def test_every_way_of_decoding_gives_the_same_rows_bit_for_bit_and_the_same_fail
 def test_auto_decodes_in_processes_from_four_cores():
     assert resolve_decoders("auto", 2) == "threads" and resolve_decoders("auto", 16) == "processes"
     assert resolve_decoders("threads", 16) == "threads" and resolve_decoders("processes", 2) == "processes"
-    assert batch.resolve_log_mel_on("auto", torch.device("cpu")) == "cpu"
-    assert batch.resolve_log_mel_on("auto", torch.device("cuda", 0)) == "device"
+    assert resolve_log_mel_on("auto", torch.device("cpu")) == "cpu"
+    assert resolve_log_mel_on("auto", torch.device("cuda", 0)) == "device"
     with pytest.raises(ValueError):
         resolve_decoders("fibers")
 

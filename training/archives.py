@@ -20,16 +20,25 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.\- /]+", "_", name).strip(" ./") or "sound"
 
 
+def _member_path(out: Path, name: str) -> Path | None:
+    """Where an archive member named ``name`` is written below ``out`` (its folder created), or None when the
+    name would lead out of ``out`` (path traversal)."""
+    target = out / _safe(name)
+    if not target.resolve().is_relative_to(out.resolve()):
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 def unpack_zip(archive: Path, out: Path, audio_ext: tuple[str, ...]) -> int:
     n = 0
     with zipfile.ZipFile(archive) as z:
         for info in z.infolist():
             if info.is_dir() or not info.filename.lower().endswith(audio_ext) or info.file_size > 200 << 20:
                 continue
-            target = out / _safe(info.filename)
-            if not target.resolve().is_relative_to(out.resolve()):
-                continue  # no path traversal out of the target folder
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target = _member_path(out, info.filename)
+            if target is None:
+                continue
             target.write_bytes(z.read(info))
             n += 1
     return n
@@ -112,10 +121,9 @@ def unpack_rcc(archive: Path, out: Path, audio_ext: tuple[str, ...]) -> int:
         blob = b[data + offset + 4 : data + offset + 4 + size]
         if flags & 1:
             blob = zlib.decompress(blob[4:])
-        target = out / _safe(path)
-        if not target.resolve().is_relative_to(out.resolve()):
+        target = _member_path(out, path)
+        if target is None:
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(blob)
         count += 1
     return count
