@@ -258,13 +258,26 @@ def test_run_sh_smoke(tmp_path):
     assert "## Evaluation" in (weights / "README.md").read_text()
     results = json.loads((tmp_path / "smoke" / "eval" / "results_test.json").read_text())
     assert {r["embedding"] for r in results["rows"]} >= {"mfcc", "ae_c", "e_c", "cnn", "random"}
-    # the shipped checkpoint is the one the selection stage chose on the validation splits
-    selected = json.loads((tmp_path / "smoke" / "runs" / "ae_c" / "selected.json").read_text())
-    assert model.config.info["checkpoint"] == selected["checkpoint"] and selected["checkpoint"] in selected["means"]
+    # the shipped checkpoint is the one the selection stage chose on the validation splits, between the seeds too
+    runs = tmp_path / "smoke" / "runs"
+    seeds = json.loads((runs / "ae_c_seeds.json").read_text())
+    assert sorted(seeds["runs"]) == ["ae_c_s0", "ae_c_s1"] and os.readlink(runs / "ae_c") == seeds["selected"]
+    best = max(seeds["runs"].values(), key=lambda r: r["mean_val_accuracy"])
+    assert seeds["runs"][seeds["selected"]] == best
+    selected = json.loads((runs / "ae_c" / "selected.json").read_text())
+    assert model.config.info["checkpoint"] == selected["checkpoint"] == best["checkpoint"]
+    assert selected["checkpoint"] in selected["means"]
+    # the test table reports the spread between the seeds: each task's mean and std over the two runs
+    groups = [g for g in results["groups"] if g["group"] == "ae_c"]
+    assert {g["task"] for g in groups} == {r["task"] for r in results["rows"]} - {"digits_loso"}
+    for g in groups:
+        accs = [r["mlp_mean"] for r in results["rows"] if r["task"] == g["task"] and r["recipe"] == g["recipe"]
+                and r["embedding"] in ("ae_c_s0", "ae_c_s1")]  # fmt: skip
+        assert g["accuracies"] == accs and abs(g["mean"] - sum(accs) / 2) < 1e-12
     assert model.config.tag_sets and len(model.config.tag_sets) == len(model.config.tag_set_counts)
     # run.sh --set reaches every training run
-    for run in ("ae_c", "e_c", "cnn"):
-        assert json.loads((tmp_path / "smoke" / "runs" / run / "config.json").read_text())["fast_dropout"] is False
+    for run in ("ae_c_s0", "ae_c_s1", "e_c", "cnn"):
+        assert json.loads((runs / run / "config.json").read_text())["fast_dropout"] is False
 
 
 def test_selection_candidates(tmp_path):

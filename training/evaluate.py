@@ -6,8 +6,11 @@ StandardScaler fitted on the training split, MLPClassifier(256) with scikit-lear
 ``--seeds`` seeds (mean +- std), and a logistic-regression probe. ``--split val`` (the default) scores on the
 validation split and is what every training decision uses; ``--split test`` fits on train + validation and
 scores the test split once, for the tables. Results go to ``OUT/results_<split>.json`` and ``.md``.
+``--group LABEL=RUN,RUN,...`` adds the mean ± std over those runs (one recipe trained with several seeds) of
+each run's accuracy: the spread between training seeds, beside the MLP's spread within each.
 
     python -m training.evaluate --model ae_c --model e_c --model cnn --split val
+    python -m training.evaluate --model ae_c_s0 --model ae_c_s1 --model ae_c_s2 --group ae_c=ae_c_s0,ae_c_s1,ae_c_s2
 """
 
 from __future__ import annotations
@@ -226,7 +229,16 @@ def speaker_folds(feats: np.ndarray, rows: list[dict], seeds: int) -> dict:
             "logreg": float(np.mean([r["logreg"] for r in res]))}  # fmt: skip
 
 
-def evaluate(data: Path, specs: list[str], recipes: list[str], split: str, seeds: int, out: Path, loso: bool) -> dict:
+def evaluate(
+    data: Path,
+    specs: list[str],
+    recipes: list[str],
+    split: str,
+    seeds: int,
+    out: Path,
+    loso: bool,
+    groups: dict[str, list[str]] | None = None,
+) -> dict:
     cache = data / "eval-cache"
     tasks = {t: read_task(data / "tasks" / t) for t in TASKS}
     results: dict = {
@@ -274,10 +286,28 @@ def evaluate(data: Path, specs: list[str], recipes: list[str], split: str, seeds
                 if loso and task == "digits":
                     r = speaker_folds(feats, rows, 1)
                     results["rows"].append({"task": "digits_loso", "embedding": name, "recipe": recipe, **r})
+    results["groups"] = seed_groups(results["rows"], groups or {})
     out.mkdir(parents=True, exist_ok=True)
     (out / f"results_{split}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / f"results_{split}.md").write_text(markdown(results))
     return results
+
+
+def seed_groups(rows: list[dict], groups: dict[str, list[str]]) -> list[dict]:
+    """Per group, recipe and task: the mean and standard deviation over the group's embeddings of their accuracy
+    (the MLP mean, or the logistic regression in a screen without MLP seeds)."""
+    out = []
+    for label, names in groups.items():
+        for recipe in dict.fromkeys(r["recipe"] for r in rows if r["embedding"] in names):
+            for task in dict.fromkeys(r["task"] for r in rows if r["task"] != "digits_loso"):
+                found = {r["embedding"]: r for r in rows if r["task"] == task and r["recipe"] == recipe}
+                missing = [n for n in names if n not in found]
+                if missing:
+                    raise SystemExit(f"--group {label}: {', '.join(missing)} not evaluated (add them as --model)")
+                accs = [found[n]["logreg" if np.isnan(found[n]["mlp_mean"]) else "mlp_mean"] for n in names]
+                out.append({"group": label, "runs": names, "recipe": recipe, "task": task,
+                            "mean": float(np.mean(accs)), "std": float(np.std(accs)), "accuracies": accs})  # fmt: skip
+    return out
 
 
 def markdown(results: dict) -> str:
@@ -307,6 +337,18 @@ def markdown(results: dict) -> str:
             else:
                 cells.append(f"{100 * r['mlp_mean']:.1f} ± {100 * r['mlp_std']:.1f} ({100 * r['logreg']:.1f})")
         lines.append(f"| {emb} | {recipe} | " + " | ".join(cells) + f" | {100 * mean:.2f} |")
+    groups = results.get("groups") or []
+    if groups:
+        tasks = [t for t in tasks if t != "digits_loso"]
+        gcell = {(g["group"], g["recipe"], g["task"]): g for g in groups}
+        lines += ["", "Across training seeds: mean ± std over the runs of each run's accuracy.", "",
+                  "| runs | clip recipe | " + " | ".join(tasks) + " | mean |", "|---|---|" + "---|" * (len(tasks) + 1)]  # fmt: skip
+        for label, recipe in dict.fromkeys((g["group"], g["recipe"]) for g in groups):
+            cells = [gcell[label, recipe, t] for t in tasks]
+            mean = np.mean([c["accuracies"] for c in cells], axis=0)  # each run's mean over the tasks
+            runs = ", ".join(cells[0]["runs"])
+            lines.append(f"| {label} ({runs}) | {recipe} | " + " | ".join(f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for c in cells)
+                         + f" | {100 * mean.mean():.2f} ± {100 * mean.std():.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -320,9 +362,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10, help="MLP seeds; 0: logistic-regression screen only (fast)")
     p.add_argument("--loso", action="store_true", help="also leave-one-speaker-out on digits")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: DATA/eval)")
+    p.add_argument(
+        "--group", action="append", default=[], metavar="LABEL=RUN,RUN,...",
+        help="also report the mean ± std over these --model runs (seeds of one recipe); repeatable",
+    )  # fmt: skip
     a, root = start(p, argv)
+    groups = {}
+    for g in a.group:
+        label, _, names = g.partition("=")
+        if not label or not names:
+            p.error(f"--group {g!r}: expected LABEL=RUN,RUN,...")
+        groups[label] = names.split(",")
     res = evaluate(
-        root, a.model or ["ae_c", "random"], a.recipe or list(RECIPES), a.split, a.seeds, a.out or root / "eval", a.loso
+        root,
+        a.model or ["ae_c", "random"],
+        a.recipe or list(RECIPES),
+        a.split,
+        a.seeds,
+        a.out or root / "eval",
+        a.loso,
+        groups,
     )
     print(markdown(res))
     return 0

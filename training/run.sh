@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce weights/ end to end: corpus -> AE-C, E-C, CNN -> evaluation tasks -> checkpoint selection on the
-# validation splits -> evaluation -> export.
+# Reproduce weights/ end to end: corpus -> AE-C (three seeds), E-C, CNN -> evaluation tasks -> checkpoint and
+# seed selection on the validation splits -> evaluation -> export.
 # Every stage resumes where it stopped and is skipped when done.
 #
 #   bash training/run.sh              # the full run (data in $COALA_EMBED_DATA or ~/.cache/coala-embed)
@@ -35,11 +35,13 @@ if [ "$SMOKE" = 1 ]; then
   TRAIN_SET=(max_samples=512 min_samples=512 batch_size=32 checkpoint_steps=8)
   EVAL_ARGS=(--seeds 2 --recipe signal)
   SELECT_ARGS=(--seeds 1 --every 1)
+  AE_C_SEEDS=(0 1)
   OUT="$DATA/weights"
 else
   TRAIN_SET=()
-  EVAL_ARGS=(--seeds 10 --loso)
+  EVAL_ARGS=(--seeds 3 --loso --recipe signal --recipe signal_zmax)
   SELECT_ARGS=(--seeds 2)
+  AE_C_SEEDS=(0 1 2)  # the shipped recipe with three seeds; the selection stage ships the best on validation
   OUT="weights"
 fi
 TRAIN_SET+=(${EXTRA_SET[@]+"${EXTRA_SET[@]}"})  # --set KEY=VALUE: applied to every training run
@@ -61,17 +63,25 @@ if stage corpus; then
 fi
 stop_after corpus
 
-for variant in ae_c e_c cnn; do
-  name="$variant"; [ "$variant" = e_c ] && name=ec
-  if stage "$name"; then
-    if [ -e "$DATA/runs/$variant/DONE" ]; then
-      echo "   $variant already trained"
-    else
-      $PY -m training.train "training/configs/$variant.json" ${TRAIN_SET[@]+--set "${TRAIN_SET[@]}"} 2>&1 | tee -a "$DATA/logs/$variant.log"
-    fi
+train() {  # train CONFIG RUN [KEY=VALUE ...]: DATA/runs/RUN, resumed if it stopped, skipped when done
+  local config="$1" run="$2"; shift 2
+  if [ -e "$DATA/runs/$run/DONE" ]; then
+    echo "   $run already trained"
+  else
+    $PY -m training.train "training/configs/$config.json" --set name="$run" "$@" ${TRAIN_SET[@]+"${TRAIN_SET[@]}"} \
+      2>&1 | tee -a "$DATA/logs/$run.log"
   fi
-  stop_after "$name"
-done
+}
+AE_C_RUNS=()
+for seed in "${AE_C_SEEDS[@]}"; do AE_C_RUNS+=("ae_c_s$seed"); done
+if stage ae_c; then
+  for seed in "${AE_C_SEEDS[@]}"; do train ae_c "ae_c_s$seed" seed="$seed"; done
+fi
+stop_after ae_c
+if stage ec; then train e_c e_c; fi
+stop_after ec
+if stage cnn; then train cnn cnn; fi
+stop_after cnn
 
 if stage tasks; then
   if [ "$SMOKE" = 1 ]; then
@@ -82,14 +92,17 @@ if stage tasks; then
 fi
 stop_after tasks
 
-if stage select; then
-  $PY -m training.select --run ae_c "${SELECT_ARGS[@]}"
+if stage select; then  # each seed's checkpoint, then the seed: DATA/runs/ae_c links to the chosen run
+  $PY -m training.select $(printf -- '--run %s ' "${AE_C_RUNS[@]}") --as ae_c "${SELECT_ARGS[@]}"
 fi
 stop_after select
 
 if stage evaluate; then
-  $PY -m training.evaluate --model ae_c --model e_c --model cnn --model random --split val "${EVAL_ARGS[@]}"
-  $PY -m training.evaluate --model ae_c --model e_c --model cnn --model random --split test "${EVAL_ARGS[@]}"
+  SEED_ARGS=($(printf -- '--model %s ' "${AE_C_RUNS[@]}") --group "ae_c=$(IFS=,; echo "${AE_C_RUNS[*]}")")
+  for split in val test; do
+    $PY -m training.evaluate --model ae_c --model e_c --model cnn --model random "${SEED_ARGS[@]}" --split "$split" \
+      "${EVAL_ARGS[@]}"
+  done
   $PY -m training.analysis --model ae_c --model e_c --model cnn --model random
 fi
 stop_after evaluate

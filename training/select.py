@@ -6,11 +6,16 @@ is not always the best *embedding*. This stage scores candidate checkpoints with
 over ``--seeds`` seeds) on the five validation splits and writes ``RUN/selected.json``; ``training.evaluate --model NAME`` and
 ``training.export`` then use that checkpoint. The highest mean accuracy over the tasks wins.
 
+Several ``--run``s (the same recipe trained with different seeds) are chosen between the same way: each run's
+selected checkpoint, then the run whose checkpoint scores highest. ``DATA/runs/NAME`` (``--as``, default
+``ae_c``) becomes a link to that run, and ``DATA/runs/NAME_seeds.json`` keeps every run's choice and scores.
+
 Candidates: every ``--every``-th epoch of the whole run (epochs every/2, 3*every/2, ...), the last epoch and
 ``best.pt``. Scores are cached in ``RUN/selection_scores.json`` (keyed by file, size and time), so snapshots
 can be scored while training runs (``--score-only``) and the final selection only scores what is new.
 
     python -m training.select [--run ae_c] [--every 8] [--seeds 2]
+    python -m training.select --run ae_c_s0 --run ae_c_s1 --run ae_c_s2 --as ae_c
     python -m training.select --score-only --wait      # score each new candidate as training writes it
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -117,6 +123,28 @@ def select(data: Path, run_name: str, every: int, seeds: int, recipe: str = RECI
     return out
 
 
+def select_across(data: Path, run_names: list[str], every: int, seeds: int, name: str) -> dict:
+    """Select within each run, then the run whose selected checkpoint has the highest mean validation accuracy
+    (ties: the earlier run); ``DATA/runs/NAME`` becomes a relative link to it, replaced atomically, and
+    ``DATA/runs/NAME_seeds.json`` records every run's choice."""
+    runs = data / "runs"
+    link = runs / name
+    if name in run_names or (link.exists() and not link.is_symlink()):
+        raise SystemExit(f"{link} is a run folder: --as needs a name of its own (it becomes a link to the chosen run)")
+    chosen = {r: select(data, r, every, seeds) for r in run_names}
+    best = max(run_names, key=lambda r: chosen[r]["mean_val_accuracy"])
+    tmp = runs / f".{name}.link"
+    tmp.unlink(missing_ok=True)
+    os.symlink(best, tmp)
+    os.replace(tmp, link)
+    out = {"selected": best, "checkpoint": chosen[best]["checkpoint"], "seeds": seeds,
+           "runs": {r: {k: c[k] for k in ("checkpoint", "mean_val_accuracy", "scores")} for r, c in chosen.items()}}  # fmt: skip
+    atomic_write(runs / f"{name}_seeds.json", lambda f: f.write_text(json.dumps(out, indent=1) + "\n"))
+    log.info("%s -> %s (%s, mean validation accuracy %.2f)", name, best, out["checkpoint"],
+             chosen[best]["mean_val_accuracy"])  # fmt: skip
+    return out
+
+
 def score_while_training(data: Path, run_name: str, every: int, seeds: int) -> None:
     """Score each grid snapshot as soon as the next epoch's snapshot exists (so the file is complete); stop
     when the run writes DONE."""
@@ -133,20 +161,33 @@ def score_while_training(data: Path, run_name: str, every: int, seeds: int) -> N
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
-    p.add_argument("--run", default="ae_c", help="run name in DATA/runs")
+    p.add_argument(
+        "--run", action="append", help="run name in DATA/runs (default ae_c); repeat to choose between seeds"
+    )
+    p.add_argument("--as", dest="name", default="ae_c", help="with several --run: the link to the chosen run")
     p.add_argument("--every", type=int, default=8, help="score every this-many-th epoch (and the last, and best.pt)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--score-only", action="store_true", help="only fill the score cache, choose nothing")
     p.add_argument("--wait", action="store_true", help="with --score-only: keep scoring new snapshots until DONE")
     a, root = start(p, argv)
+    runs = a.run or ["ae_c"]
     if a.score_only:
+        if len(runs) > 1:
+            p.error("--score-only takes one --run")
         if a.wait:
-            score_while_training(root, a.run, a.every, a.seeds)
+            score_while_training(root, runs[0], a.every, a.seeds)
         else:
-            names = [n for n in candidates(root / "runs" / a.run, a.every) if n != "best.pt"]
-            scores_for(root, a.run, names, a.seeds)
+            names = [n for n in candidates(root / "runs" / runs[0], a.every) if n != "best.pt"]
+            scores_for(root, runs[0], names, a.seeds)
         return 0
-    out = select(root, a.run, a.every, a.seeds)
+    if len(runs) > 1:
+        across = select_across(root, runs, a.every, a.seeds, a.name)
+        print("| run | checkpoint | mean |\n|---|---|---|")
+        for r, c in across["runs"].items():
+            mark = " (selected)" if r == across["selected"] else ""
+            print(f"| {r}{mark} | {c['checkpoint']} | {c['mean_val_accuracy']:.2f} |")
+        return 0
+    out = select(root, runs[0], a.every, a.seeds)
     tasks = list(next(iter(out["scores"].values())))
     print("| checkpoint | " + " | ".join(tasks) + " | mean |")
     print("|---|" + "---|" * (len(tasks) + 1))
