@@ -296,6 +296,45 @@ def test_selection_candidates(tmp_path):
     assert selected_checkpoint(tmp_path) == "snapshot_epoch25.pt"
 
 
+def test_selection_across_seeds_links_the_best_run(tmp_path, monkeypatch):
+    import training.select as sel
+
+    means = {"ae_c_s0": 81.0, "ae_c_s1": 83.5, "ae_c_s2": 82.0}
+    monkeypatch.setattr(
+        sel, "select", lambda data, run, every, seeds: {"checkpoint": f"{run}.pt", "mean_val_accuracy": means[run], "scores": {}}
+    )  # fmt: skip
+    runs = tmp_path / "runs"
+    for r in means:
+        (runs / r).mkdir(parents=True)
+    out = sel.select_across(tmp_path, list(means), 8, 2, "ae_c")
+    assert out["selected"] == "ae_c_s1" and out["checkpoint"] == "ae_c_s1.pt"
+    assert os.readlink(runs / "ae_c") == "ae_c_s1" and (runs / "ae_c").resolve() == (runs / "ae_c_s1").resolve()
+    assert json.loads((runs / "ae_c_seeds.json").read_text())["runs"]["ae_c_s2"]["mean_val_accuracy"] == 82.0
+    means["ae_c_s2"] = 90.0  # a rerun moves the link
+    sel.select_across(tmp_path, list(means), 8, 2, "ae_c")
+    assert os.readlink(runs / "ae_c") == "ae_c_s2"
+    (runs / "ae_c").unlink()
+    (runs / "ae_c").mkdir()  # a run folder of that name is never replaced
+    with pytest.raises(SystemExit, match="run folder"):
+        sel.select_across(tmp_path, list(means), 8, 2, "ae_c")
+
+
+def test_seed_groups_are_the_mean_and_spread_over_the_runs():
+    from training.evaluate import markdown, seed_groups
+
+    rows = [{"task": t, "embedding": e, "recipe": "signal", "mlp_mean": acc, "mlp_std": 0.0, "logreg": 0.5}
+            for t, accs in (("digits", (0.90, 0.94)), ("events", (0.70, 0.60)))
+            for e, acc in zip(("a_s0", "a_s1"), accs)]  # fmt: skip
+    groups = seed_groups(rows, {"a": ["a_s0", "a_s1"]})
+    assert [(g["task"], round(g["mean"], 4), round(g["std"], 4)) for g in groups] == [
+        ("digits", 0.92, 0.02), ("events", 0.65, 0.05)
+    ]  # fmt: skip
+    table = markdown({"split": "test", "seeds": 3, "date": "d", "machine": "m", "rows": rows, "groups": groups})
+    assert "| a (a_s0, a_s1) | signal | 92.0 ± 2.0 | 65.0 ± 5.0 | 78.50 ± 1.50 |" in table
+    with pytest.raises(SystemExit, match="a_s2"):
+        seed_groups(rows, {"a": ["a_s0", "a_s2"]})
+
+
 def test_a_run_is_read_with_the_corpus_it_was_trained_on(tmp_path):
     from training.checkpoints import run_corpus
 
