@@ -10,16 +10,18 @@
 # Recipes (training settings; results in training/README.md's results log):
 #   base  the current recipe                 mix   augment.mix=0.5
 #   sig   gain, EQ, pitch, reverb, noise     reg   weight_decay=0.05 tag_dropout=0.2
+#   mask  a band of up to 16 mel bins and one of up to 16 frames zeroed per patch (the encoder's input only)
 #   wide  the base recipe on the wider corpus (python -m training.corpus --wide --name corpus_wide)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,11p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,14p' "$0"; exit 2; }
 RECIPE="$1"; SEED="$2"; SAMPLES="${3:-100000}"
 case "$RECIPE" in
   base) SET=() ;;
   mix) SET=(augment.mix=0.5) ;;
   sig) SET=(augment.gain_db=6 augment.eq_db=6 augment.pitch=2 augment.reverb=0.3 augment.noise=0.3) ;;
   reg) SET=(weight_decay=0.05 tag_dropout=0.2) ;;
+  mask) SET=(mask.freq=16 mask.time=16) ;;
   wide) SET=(corpus=corpus_wide) ;;
   *) echo "unknown recipe $RECIPE (see --help)" >&2; exit 2 ;;
 esac
