@@ -267,6 +267,10 @@ def test_run_sh_smoke(tmp_path):
     selected = json.loads((runs / "ae_c" / "selected.json").read_text())
     assert model.config.info["checkpoint"] == selected["checkpoint"] == best["checkpoint"]
     assert selected["checkpoint"] in selected["means"]
+    # the link and the run it points to are one checkpoint: the same scores (scored once)
+    by = {(r["embedding"], r["task"], r["recipe"]): r["mlp_runs"] for r in results["rows"]}
+    linked = [(t, rc) for e, t, rc in by if e == "ae_c"]
+    assert linked and all(by["ae_c", t, rc] == by[seeds["selected"], t, rc] for t, rc in linked)
     # the test table reports the spread between the seeds: each task's mean and std over the two runs
     groups = [g for g in results["groups"] if g["group"] == "ae_c"]
     assert {g["task"] for g in groups} == {r["task"] for r in results["rows"]} - {"digits_loso"}

@@ -266,12 +266,16 @@ def evaluate(
         if loso and task == "digits":
             r = speaker_folds(mfcc_features(task, rows, cache), rows, 1)
             results["rows"].append({"task": "digits_loso", "embedding": "mfcc", "recipe": "-", **r})
+        done: dict[tuple[str, str], dict] = {}  # a checkpoint named twice (a run and its link) is scored once
         for recipe in recipes:
             for name, model in models.items():
                 t0 = time.time()
                 model.config = with_recipe(base[name], recipe)
                 feats = cached_features(task, rows, model, cache, keys[name])
-                res = classify(*split_xy(feats, rows, split), seeds)
+                key = (keys[name], recipe)
+                res = done[key] if key in done else classify(*split_xy(feats, rows, split), seeds)
+                if keys[name]:
+                    done[key] = res
                 results["rows"].append({"task": task, "embedding": name, "recipe": recipe, **res})
                 log.info(
                     "%s %s %s: %.4f +- %.4f (logreg %.4f) %.0fs",

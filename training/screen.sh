@@ -12,12 +12,15 @@
 #   sig   gain, EQ, pitch, reverb, noise     reg   weight_decay=0.05 tag_dropout=0.2
 #   mask  a band of up to 16 mel bins and one of up to 16 frames zeroed per patch (the encoder's input only)
 #   wide  the base recipe on the wider corpus (python -m training.corpus --wide --name corpus_wide)
+#   ec    E-C, the paper's ablation without the autoencoders' decoders (training/configs/e_c.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,14p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,15p' "$0"; exit 2; }
 RECIPE="$1"; SEED="$2"; SAMPLES="${3:-100000}"
+CONFIG=training/configs/ae_c.json
 case "$RECIPE" in
   base) SET=() ;;
+  ec) SET=(); CONFIG=training/configs/e_c.json ;;
   mix) SET=(augment.mix=0.5) ;;
   sig) SET=(augment.gain_db=6 augment.eq_db=6 augment.pitch=2 augment.reverb=0.3 augment.noise=0.3) ;;
   reg) SET=(weight_decay=0.05 tag_dropout=0.2) ;;
@@ -35,7 +38,7 @@ EVAL="$DATA/eval/$NAME"
 mkdir -p "$DATA/logs"
 done_samples() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['samples'])" "$DATA/runs/$NAME/DONE" 2>/dev/null || echo 0; }
 if [ "$(done_samples)" -lt "$SAMPLES" ]; then
-  $PY -m training.train training/configs/ae_c.json --set name="$NAME" max_samples="$SAMPLES" \
+  $PY -m training.train "$CONFIG" --set name="$NAME" max_samples="$SAMPLES" \
     min_samples="$SAMPLES" seed="$SEED" ${SET[@]+"${SET[@]}"} >> "$DATA/logs/$NAME.log" 2>&1
 fi
 LAST=$(cd "$DATA/runs/$NAME" && ls snapshot_epoch*.pt | sort -V | tail -1)
