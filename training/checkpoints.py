@@ -16,6 +16,11 @@ from coala_embed import CoalaConfig, CoalaModel, FrontendConfig, ModelConfig, lo
 SELECTED = "selected.json"
 
 
+def seeds_file(link: Path) -> Path:
+    """Where ``training.select --as NAME`` records the runs it chose ``DATA/runs/NAME`` from: ``NAME_seeds.json``."""
+    return link.with_name(f"{link.name}_seeds.json")
+
+
 def selected_checkpoint(run: Path) -> str:
     """The checkpoint chosen by this stage for ``run``, or ``best.pt`` when the stage has not run."""
     f = run / SELECTED

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from coala_embed import CoalaConfig, save_pretrained
 
-from .checkpoints import build_model, machine, run_corpus, selected_checkpoint
+from .checkpoints import build_model, machine, run_corpus, seeds_file, selected_checkpoint
 from .cli import parser, start
 
 
@@ -28,7 +28,7 @@ def git_commit() -> str:
 def seed_runs(run: Path) -> dict[str, float]:
     """Where ``run`` is the link ``training.select --as`` made: each seed's run and its selected checkpoint's mean
     validation accuracy (``RUNS/NAME_seeds.json``); else empty."""
-    f = run.parent / f"{run.name}_seeds.json"
+    f = seeds_file(run)
     if not run.is_symlink() or not f.exists():
         return {}
     return {name: r["mean_val_accuracy"] for name, r in json.loads(f.read_text())["runs"].items()}

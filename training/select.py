@@ -31,7 +31,7 @@ from pathlib import Path
 
 from coala_embed.files import atomic_write
 
-from .checkpoints import SELECTED, checkpoint_key, resolve_model
+from .checkpoints import SELECTED, checkpoint_key, resolve_model, seeds_file
 from .cli import parser, start
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def select_across(data: Path, run_names: list[str], every: int, seeds: int, name
     os.replace(tmp, link)
     out = {"selected": best, "checkpoint": chosen[best]["checkpoint"], "seeds": seeds,
            "runs": {r: {k: c[k] for k in ("checkpoint", "mean_val_accuracy", "scores")} for r, c in chosen.items()}}  # fmt: skip
-    atomic_write(runs / f"{name}_seeds.json", lambda f: f.write_text(json.dumps(out, indent=1) + "\n"))
+    atomic_write(seeds_file(link), lambda f: f.write_text(json.dumps(out, indent=1) + "\n"))
     log.info("%s -> %s (%s, mean validation accuracy %.2f)", name, best, out["checkpoint"],
              chosen[best]["mean_val_accuracy"])  # fmt: skip
     return out
