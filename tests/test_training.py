@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -187,6 +188,26 @@ def test_resume_on_cuda_continues_exactly(smoke_data, tmp_path):
     a, b = _weights(out), _weights(ref)
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_a_run_never_continues_on_a_rebuilt_corpus(smoke_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(smoke_data / "corpus", data / "corpus")
+    out = tmp_path / "run"
+    p = _train(data, out, "max_samples=32", "min_samples=32")
+    log, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, log[-2000:]
+    before = (out / "ckpt.pt").read_bytes()
+    index = dict(np.load(data / "corpus" / "index.npz"))  # the corpus rebuilt: one sound's tags differ
+    index["labels"][0] = 1 - index["labels"][0]
+    np.savez(data / "corpus" / "index.npz", **index)
+    p = _train(data, out, "max_samples=64", "min_samples=64")  # a longer run would continue this one
+    log, _ = p.communicate(timeout=300)
+    assert p.returncode != 0 and "was trained on another version of corpus 'corpus'" in log, log[-2000:]
+    assert "Start a new run" in log and "Traceback" not in log
+    assert (out / "ckpt.pt").read_bytes() == before
 
 
 @pytest.mark.slow

@@ -144,6 +144,14 @@ class PatchData:
         self.val_start, self.val_sound = starts[n_tr:], torch.arange(n_tr, len(patches))
         self._ar = torch.arange(PATCH)
 
+    def fingerprint(self) -> str:
+        """Names this version of the corpus (its vocabulary, sounds, tag assignments and frames), so that a run
+        never continues on a rebuilt corpus it was not trained on."""
+        import hashlib
+
+        parts = [self.vocabulary, list(self.labels.shape), float(self.labels.sum()), list(self.logmel.shape)]
+        return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+
     def to(self, device: torch.device) -> PatchData:
         """Move the spectrograms and indices to ``device`` (on a GPU the gathering then runs there too)."""
         for name in ("logmel", "labels", "scaler_min", "scaler_scale", "train_start", "train_last", "train_sound",
@@ -355,8 +363,6 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:  # the settings, with the precision that actually runs
-        (out / "config.json").write_text(json.dumps({**cfg, "precision": "bf16" if bf16 else "fp32"}, indent=2) + "\n")
     data = PatchData(data_root / cfg["corpus"], cfg)
     if device.type == "cuda":
         data.to(device)
@@ -367,22 +373,31 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
         if cfg["channels_last"]:
             m.to(memory_format=torch.channels_last)
     opts = build_optimizers(cfg, models)
-    state = {"epoch": 0, "step": 0, "samples": 0, "history": [], "best": math.inf, "seconds": 0.0}
+    corpus_id = data.fingerprint()
+    state = {"epoch": 0, "step": 0, "samples": 0, "history": [], "best": math.inf, "seconds": 0.0, "corpus": corpus_id}
     ckpt = out / "ckpt.pt"
     if ckpt.exists():  # our own file; weights_only keeps it to tensors and plain containers
         saved = torch.load(ckpt, map_location=device, weights_only=True)
-        for k, m in models.items():
-            m.load_state_dict(saved["models"][k])
+        stale = f"{ckpt} was trained on another version of corpus '{cfg['corpus']}' or with other model settings"
+        if saved["state"].get("corpus", corpus_id) != corpus_id:  # checkpoints before the fingerprint lack it
+            raise SystemExit(f"{stale}: the corpus was rebuilt since. Start a new run (--set name=...) or remove {out}")
+        try:
+            for k, m in models.items():
+                m.load_state_dict(saved["models"][k])
+        except RuntimeError as e:  # shapes differ: another vocabulary size or architecture
+            raise SystemExit(f"{stale}; start a new run (--set name=...) or remove {out}.\n{e}") from None
         for o, s in zip(opts, saved["optims"]):
             o.load_state_dict(s)
         # map_location moved the RNG states to the device with the weights; they are set from CPU bytes
         torch.set_rng_state(saved["torch_rng"].cpu())
         if device.type == "cuda" and "cuda_rng" in saved:  # dropout masks are drawn on the GPU there
             torch.cuda.set_rng_state(saved["cuda_rng"].cpu(), device)
-        state = saved["state"]
+        state = {**saved["state"], "corpus": corpus_id}
         log.info(
             "resumed from %s: epoch %d, step %d, %d samples", ckpt, state["epoch"], state["step"], state["samples"]
         )
+    if rank == 0:  # the settings (after the checkpoint was found to fit), with the precision that actually runs
+        (out / "config.json").write_text(json.dumps({**cfg, "precision": "bf16" if bf16 else "fp32"}, indent=2) + "\n")
     wrapped = {k: nn.parallel.DistributedDataParallel(m) if world > 1 else m for k, m in models.items()}
     if device.type == "cuda":
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
