@@ -149,8 +149,9 @@ class PatchData:
         never continues on a rebuilt corpus it was not trained on."""
         import hashlib
 
-        parts = [self.vocabulary, list(self.labels.shape), float(self.labels.sum()), list(self.logmel.shape)]
-        return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+        h = hashlib.sha1(json.dumps([self.vocabulary, list(self.logmel.shape)]).encode())
+        h.update(self.labels.cpu().numpy().tobytes())  # which sound has which tags, exactly
+        return h.hexdigest()[:16]
 
     def to(self, device: torch.device) -> PatchData:
         """Move the spectrograms and indices to ``device`` (on a GPU the gathering then runs there too)."""
