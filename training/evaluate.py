@@ -266,16 +266,20 @@ def evaluate(
         if loso and task == "digits":
             r = speaker_folds(mfcc_features(task, rows, cache), rows, 1)
             results["rows"].append({"task": "digits_loso", "embedding": "mfcc", "recipe": "-", **r})
-        done: dict[tuple[str, str], dict] = {}  # a checkpoint named twice (a run and its link) is scored once
+        done: dict[tuple, tuple] = {}  # a checkpoint named twice (a run and its link) is scored once
         for recipe in recipes:
             for name, model in models.items():
                 t0 = time.time()
                 model.config = with_recipe(base[name], recipe)
                 feats = cached_features(task, rows, model, cache, keys[name])
-                key = (keys[name], recipe)
-                res = done[key] if key in done else classify(*split_xy(feats, rows, split), seeds)
-                if keys[name]:
-                    done[key] = res
+                key = (keys[name], recipe) if keys[name] else None
+                if key in done:
+                    res, folds = done[key]
+                else:
+                    res = classify(*split_xy(feats, rows, split), seeds)
+                    folds = speaker_folds(feats, rows, 1) if loso and task == "digits" else None
+                    if key:
+                        done[key] = res, folds
                 results["rows"].append({"task": task, "embedding": name, "recipe": recipe, **res})
                 log.info(
                     "%s %s %s: %.4f +- %.4f (logreg %.4f) %.0fs",
@@ -287,9 +291,8 @@ def evaluate(
                     res["logreg"],
                     time.time() - t0,
                 )
-                if loso and task == "digits":
-                    r = speaker_folds(feats, rows, 1)
-                    results["rows"].append({"task": "digits_loso", "embedding": name, "recipe": recipe, **r})
+                if folds is not None:
+                    results["rows"].append({"task": "digits_loso", "embedding": name, "recipe": recipe, **folds})
     results["groups"] = seed_groups(results["rows"], groups or {})
     out.mkdir(parents=True, exist_ok=True)
     (out / f"results_{split}.json").write_text(json.dumps(results, indent=1) + "\n")
