@@ -11,6 +11,7 @@ the file it was decoding is reported as failed and a new worker takes over. ``be
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -36,7 +37,7 @@ LOG_MEL_ON = ("auto", "cpu", "device")
 # of the machine's bound and processes 86 % (README, "An archive"); on 16 cores threads kept 27 % of the decode
 # bound. Where between the two processes start to win is not measured yet (``bench/gpu.sh`` measures 16 cores).
 PROCESS_MIN_CORES = 4
-QUEUE_PARTS = 8  # parts each worker may hold ready ahead of the model
+PIPE_BYTES = 1 << 20  # each worker's pipe: what it may hold ready ahead of the model (~28 patches)
 
 _END = "end"  # a file's last item: the file is complete
 
@@ -165,29 +166,25 @@ def _worker(
     cfg: FrontendConfig,
     max_seconds: float | None,
     signal: bool,
-    out: mp.Queue,
+    out: mp.connection.Connection,
     current: ctypes.c_longlong,
 ) -> None:
-    """A decoding process: its files' items into ``out``, each tagged with the file's position in the run, which
-    ``current`` also holds while the file is decoded. Exits when the run has gone."""
+    """A decoding process: its files' items sent down ``out``, each tagged with the file's position in the run,
+    which ``current`` also holds while the file is decoded. Every send is complete when it returns, so a file's
+    items have all left before the next file is opened. Exits when its files are done or the run has gone."""
     torch.set_num_threads(1)
-    parent = mp.parent_process()  # the run that started this worker (not the fork server it was forked from)
-    for pos, path in tasks:
-        current.value = pos
-        for item in file_items(Path(path), cfg, max_seconds, signal):
-            msg = (pos, *_to_wire(item))
-            while True:
-                try:
-                    out.put(msg, timeout=1.0)
-                    break
-                except queue.Full:
-                    if parent is not None and not parent.is_alive():  # the run is gone (killed): nobody reads this
-                        os._exit(0)
-    # Stay until the run ends (it terminates its decoders once it has read every part) or dies: exiting now
-    # would wait for the queue's last parts to be read, forever if the run was killed.
-    if parent is not None:
-        mp.connection.wait([parent.sentinel])
-    os._exit(0)
+    try:
+        fcntl.fcntl(out.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:  # over the system's pipe-max-size: the default (64 KiB) only limits the read-ahead
+        pass
+    try:
+        for pos, path in tasks:
+            current.value = pos
+            for item in file_items(Path(path), cfg, max_seconds, signal):
+                out.send((pos, *_to_wire(item)))
+    except OSError:  # BrokenPipeError: the run closed its end or was killed, nobody reads this
+        pass
+    os._exit(0)  # not the interpreter's exit: nothing of the fork server's state to clean up
 
 
 class _Died(Exception):
@@ -203,8 +200,10 @@ def _death(exitcode: int | None) -> str:
 
 class _Processes:
     """``n`` decoding processes; worker ``k`` takes the files at positions ``k, k + n, k + 2n, ...`` of ``todo``
-    through its own bounded queue, so the consumer reads every file from one known queue, in input order. A
-    worker that dies is replaced; if it died on the file being read, that file is reported as failed."""
+    and sends their items down its own pipe, so the consumer reads every file from one known pipe, in input
+    order. The worker holds the pipe's only write end: when it dies, even in the middle of a message, reading
+    ends (EOF) rather than waiting forever. A worker that dies is replaced; if it died on the file being read,
+    that file is reported as failed."""
 
     def __init__(self, todo: list[tuple[int, Path]], cfg: FrontendConfig, max_seconds: float | None, signal: bool,
                  n: int) -> None:  # fmt: skip
@@ -212,7 +211,7 @@ class _Processes:
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(["coala_embed.decoding"])  # forks start with torch already imported
         self.procs: list = [None] * n
-        self.queues: list = [None] * n
+        self.conns: list = [None] * n
         self.current: list = [None] * n
         for k in range(min(n, len(todo))):
             self._start(k, k)
@@ -221,28 +220,23 @@ class _Processes:
         """(Re)start worker ``k`` on the files at positions ``first, first + n, ...``."""
         if self.procs[k] is not None:
             self.procs[k].join(timeout=1)
-        self.queues[k] = self.ctx.Queue(maxsize=QUEUE_PARTS)  # a new queue: a killed writer may have broken the old
+            self.conns[k].close()  # a new pipe: the dead worker may have left half a message in the old one
         self.current[k] = self.ctx.Value("q", -1, lock=False)
         tasks = [(pos, str(self.todo[pos][1])) for pos in range(first, len(self.todo), self.n)]
+        reader, writer = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
-            target=_worker, args=(tasks, self.cfg, self.max_seconds, self.signal, self.queues[k], self.current[k]),
+            target=_worker, args=(tasks, self.cfg, self.max_seconds, self.signal, writer, self.current[k]),
             daemon=True, name=f"coala-embed decoder {k}",
         )  # fmt: skip
         proc.start()
-        self.procs[k] = proc
+        writer.close()  # the worker now holds the only write end
+        self.procs[k], self.conns[k] = proc, reader
 
     def _get(self, k: int) -> tuple:
-        q, proc = self.queues[k], self.procs[k]
-        while True:
-            try:
-                return q.get(timeout=0.5)
-            except queue.Empty:
-                if proc.is_alive():
-                    continue
-            try:  # it has exited: what it wrote before is in the pipe
-                return q.get(timeout=0.5)
-            except queue.Empty:
-                raise _Died from None
+        try:
+            return self.conns[k].recv()
+        except (EOFError, OSError):  # the worker has exited: after its last whole message, or in the middle of one
+            raise _Died from None
 
     def items(self, pos: int) -> Iterator[Item]:
         """The items of the file at ``pos``, ending with ``_END`` or an error."""
@@ -251,6 +245,7 @@ class _Processes:
             try:
                 msg = self._get(k)
             except _Died:
+                self.procs[k].join(timeout=5)  # its pipe may close a moment before it can be reaped
                 code = self.procs[k].exitcode
                 if self.current[k].value == pos or restarts >= 2:  # this file took its decoder down
                     self._start(k, pos + self.n)
@@ -258,8 +253,8 @@ class _Processes:
                         f"{self.todo[pos][1]}: the decoding process died while reading it ({_death(code)})"
                     )
                     return
-                # it died on a later file before all of this one's parts had left it: decode this one again,
-                # skipping the parts already handed on (decoding is deterministic)
+                # it died before it reached this file (starting up, or between two files): decode this one again,
+                # skipping any parts already handed on (decoding is deterministic)
                 self._start(k, pos)
                 restarts += 1
                 skip = got
@@ -278,9 +273,10 @@ class _Processes:
         for proc in self.procs:
             if proc is not None and proc.is_alive():
                 proc.terminate()
-        for proc in self.procs:
+        for proc, conn in zip(self.procs, self.conns):
             if proc is not None:
                 proc.join(timeout=5)
+                conn.close()
 
 
 def _in_processes(

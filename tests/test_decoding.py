@@ -20,8 +20,9 @@ from conftest import noise, sine
 from coala_embed import batch, load_model
 from coala_embed.api import STREAM_SECONDS
 from coala_embed.cli import main
-from coala_embed.decoding import resolve_decoders, resolve_log_mel_on
-from coala_embed.frontend import FrontendConfig, log_mel
+from coala_embed.decoding import _Processes, resolve_decoders, resolve_log_mel_on
+from coala_embed.errors import AudioError
+from coala_embed.frontend import FrontendConfig, Patches, log_mel
 
 WAYS = [("threads", "cpu"), ("threads", "device"), ("processes", "cpu"), ("processes", "device")]
 
@@ -108,10 +109,9 @@ def test_a_decoder_that_dies_fails_only_its_file_and_a_new_one_takes_over(tmp_pa
         opts = batch.Options(workers=2, decoders="processes", batch_size=4)
         result["manifest"] = batch.run(paths, tmp_path / "out.npy", model, opts, progress=False)
 
-    t = threading.Thread(target=embed)
+    t = threading.Thread(target=embed, daemon=True)  # a daemon: a run that hangs fails the test, not the suite
     t.start()
-    # Every decoder that opens the pipe is killed, as one that segfaults on it would die each time it is tried
-    # (a decoder may be tried again: the one that died may not have handed on all of the previous file's parts).
+    # Every decoder that opens the pipe is killed, as one that segfaults on it would die each time it is tried.
     writer, kills, deadline = None, 0, time.time() + 60
     while t.is_alive():
         assert time.time() < deadline, "the run did not finish"
@@ -135,6 +135,37 @@ def test_a_decoder_that_dies_fails_only_its_file_and_a_new_one_takes_over(tmp_pa
     ref = tmp_path / "ref.npy"
     batch.run(good, ref, model, batch.Options(workers=2, decoders="threads", batch_size=4), progress=False)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.load(ref))
+
+
+def test_a_decoder_killed_half_way_through_a_message_fails_its_file_and_nothing_hangs(tmp_path, weights_dir):
+    # A 110 s file is one part of ~50 patches (1.8 MB), more than a decoder's pipe holds: its decoder blocks half-way
+    # through sending it, and is killed there, as the OOM killer may kill a decoder in the middle of any write.
+    long, short = tmp_path / "long.wav", tmp_path / "short.wav"
+    sf.write(long, noise(110, seed=0), 22_000)
+    sf.write(short, noise(3, seed=1), 22_000)
+    cfg = load_model(weights_dir, device="cpu").config.frontend
+    procs = _Processes([(0, long), (1, short)], cfg, None, False, 1)
+    got: dict = {}
+
+    def read() -> None:
+        got["long"] = list(procs.items(0))
+        got["short"] = list(procs.items(1))
+
+    try:
+        assert procs.conns[0].poll(60), "the decoder sent nothing"
+        time.sleep(0.5)  # it fills the pipe and waits for the reader
+        os.kill(procs.procs[0].pid, signal.SIGKILL)
+        procs.procs[0].join(10)  # dead before anything is read: a writer woken by a read would finish its write
+        assert not procs.procs[0].is_alive()
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(60)
+        assert not t.is_alive(), "reading the half-sent message hung"
+    finally:
+        procs.close()
+    assert len(got["long"]) == 1 and isinstance(got["long"][0], AudioError)
+    assert "long.wav" in str(got["long"][0]) and "SIGKILL" in str(got["long"][0])
+    assert isinstance(got["short"][0], Patches) and got["short"][-1] == "end"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
