@@ -23,6 +23,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """``Path.write_text`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """``Path.write_bytes`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_audio(path: str | os.PathLike, data: Any, sample_rate: int, subtype: str | None = None) -> None:
+    """``soundfile.write`` atomically, in the format that ``path``'s extension names."""
+    import soundfile as sf
+
+    fmt = Path(path).suffix.lstrip(".").upper()
+    atomic_write(path, lambda tmp: sf.write(tmp, data, sample_rate, subtype=subtype, format=fmt))
+
+
 def save_npy(path: str | os.PathLike, array: Any) -> None:
     """``np.save`` atomically, to exactly ``path``."""
     import numpy as np

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from coala_embed.api import embed_patches
+from coala_embed.files import write_text
 
 from .checkpoints import resolve_model, run_corpus, spec_run
 from .cli import parser, start
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             run = spec_run(spec, root)
             results["tags"][name] = tag_quality(model, run_corpus(run) if run else corpus)
         log.info("%s: %s", name, json.dumps({"cca": results["cca"][name], "tags": results["tags"].get(name)}))
-    (out / "analysis.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_text(out / "analysis.json", json.dumps(results, indent=1) + "\n")
     lines = [f"Mean canonical correlation (embeddings reduced to {a.pcs} PCs) on the corpus's validation sounds:", "",
              "| embedding | " + " | ".join(desc) + " |", "|---|" + "---|" * len(desc)]  # fmt: skip
     for name, r in results["cca"].items():
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         cell = lambda r, k: f"{r[k]['precision_at_5']:.3f} / {r[k]['mAP']:.3f}" if k in r else "-"  # noqa: E731
         for name, r in results["tags"].items():
             lines.append(f"| {name} | {cell(r, 'zero_shot')} | {cell(r, 'neighbours')} | {cell(r, 'popularity')} |")
-    (out / "analysis.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "analysis.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -10,7 +10,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+
+from coala_embed.files import write_audio, write_bytes
 
 log = logging.getLogger(__name__)
 UNPACKED = "_unpacked"
@@ -39,7 +40,7 @@ def unpack_zip(archive: Path, out: Path, audio_ext: tuple[str, ...]) -> int:
             target = _member_path(out, info.filename)
             if target is None:
                 continue
-            target.write_bytes(z.read(info))
+            write_bytes(target, z.read(info))
             n += 1
     return n
 
@@ -60,7 +61,7 @@ def unpack_cat(archive: Path, out: Path) -> int:
         if body[:4] != b"RIFF":
             continue
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{k:03d} {name}.wav").write_bytes(body)
+        write_bytes(out / f"{k:03d} {name}.wav", body)
         n += 1
     return n
 
@@ -82,7 +83,7 @@ def unpack_wad(archive: Path, out: Path) -> int:
         if pcm.size < 100:
             continue
         out.mkdir(parents=True, exist_ok=True)
-        sf.write(out / f"{name[2:]}.wav", (pcm.astype(np.float32) - 128.0) / 128.0, rate)
+        write_audio(out / f"{name[2:]}.wav", (pcm.astype(np.float32) - 128.0) / 128.0, rate)
         n += 1
     return n
 
@@ -124,7 +125,7 @@ def unpack_rcc(archive: Path, out: Path, audio_ext: tuple[str, ...]) -> int:
         target = _member_path(out, path)
         if target is None:
             continue
-        target.write_bytes(blob)
+        write_bytes(target, blob)
         count += 1
     return count
 

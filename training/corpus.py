@@ -24,7 +24,7 @@ import numpy as np
 from coala_embed.audio_io import load_audio
 from coala_embed.config import FrontendConfig
 from coala_embed.errors import AudioError
-from coala_embed.files import save_npz
+from coala_embed.files import atomic_write, save_npy, save_npz, write_text
 from coala_embed.frontend import log_mel, pad, resample
 
 from . import notes
@@ -322,8 +322,8 @@ def build(
                 yield logmel[:, r["offset"] + s : r["offset"] + s + PATCH].astype(np.float32)[None]
 
     scaler_min, scaler_scale = fit_scaler(train_patches())
-    np.save(corpus / "logmel.npy", logmel)
-    np.savez(
+    save_npy(corpus / "logmel.npy", logmel)
+    save_npz(
         corpus / "index.npz",
         offset=np.array([r["offset"] for r in rows]),
         frames=np.array([r["frames"] for r in rows]),
@@ -334,30 +334,34 @@ def build(
         scaler_min=scaler_min,
         scaler_scale=scaler_scale,
     )
-    (corpus / "vocabulary.json").write_text(json.dumps(vocab, indent=0) + "\n")
-    (corpus / "frontend.json").write_text(json.dumps(dataclasses.asdict(CORPUS_FRONTEND), indent=1) + "\n")
-    with open(corpus / "manifest.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "source", "duration", "sample_rate", "split", "raw_tags", "tags"])
-        for r, v in zip(rows, val):
-            w.writerow(
-                [
-                    r["path"],
-                    r["source"],
-                    f"{r['duration']:.3f}",
-                    r["sample_rate"],
-                    "val" if v else "train",
-                    " ".join(r["raw_tags"]),
-                    " ".join(t for t in r["tags"] if t in vset),
-                ]
-            )
+    write_text(corpus / "vocabulary.json", json.dumps(vocab, indent=0) + "\n")
+    write_text(corpus / "frontend.json", json.dumps(dataclasses.asdict(CORPUS_FRONTEND), indent=1) + "\n")
+
+    def write_manifest(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "source", "duration", "sample_rate", "split", "raw_tags", "tags"])
+            for r, v in zip(rows, val):
+                w.writerow(
+                    [
+                        r["path"],
+                        r["source"],
+                        f"{r['duration']:.3f}",
+                        r["sample_rate"],
+                        "val" if v else "train",
+                        " ".join(r["raw_tags"]),
+                        " ".join(t for t in r["tags"] if t in vset),
+                    ]
+                )
+
+    atomic_write(corpus / "manifest.csv", write_manifest)
     stats = corpus_stats(rows, labels, vocab, versions, time.time() - t0)
     # The card's list of dropped tags: those that would otherwise have been frequent enough for the vocabulary.
     stats["dropped_tags"] = {
         reason: dict(sorted(((t, n) for t, n in counts.items() if n >= min_count), key=lambda x: (-x[1], x[0])))
         for reason, counts in sorted(dropped.items())
     }
-    (corpus / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_text(corpus / "stats.json", json.dumps(stats, indent=2) + "\n")
     log.info("corpus: %s", json.dumps({k: v for k, v in stats.items() if k != "sources"}))
     return corpus
 

@@ -30,7 +30,7 @@ import torch
 from coala_embed import CoalaConfig, CoalaModel
 from coala_embed.api import clip_vector, embed_patches, file_patches
 from coala_embed.config import FrontendConfig
-from coala_embed.files import atomic_write, save_npy
+from coala_embed.files import atomic_write, save_npy, write_text
 
 from .checkpoints import checkpoint_key, machine, resolve_model
 from .cli import parser, start
@@ -148,7 +148,7 @@ def mfcc_features(task: str, rows: list[dict], cache: Path) -> np.ndarray:
     with ThreadPoolExecutor(2) as pool:
         feats = np.stack(list(pool.map(one, rows))).astype(np.float32)
     f.parent.mkdir(parents=True, exist_ok=True)
-    np.save(f, feats)
+    save_npy(f, feats)
     return feats
 
 
@@ -295,8 +295,8 @@ def evaluate(
                     results["rows"].append({"task": "digits_loso", "embedding": name, "recipe": recipe, **folds})
     results["groups"] = seed_groups(results["rows"], groups or {})
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"results_{split}.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / f"results_{split}.md").write_text(markdown(results))
+    write_text(out / f"results_{split}.json", json.dumps(results, indent=1) + "\n")
+    write_text(out / f"results_{split}.md", markdown(results))
     return results
 
 

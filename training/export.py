@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from coala_embed import CoalaConfig, save_pretrained
+from coala_embed.files import write_text
 
 from .checkpoints import build_model, machine, run_corpus, seeds_file, selected_checkpoint
 from .cli import parser, start
@@ -183,7 +184,7 @@ of z over the patches that hold signal); `ae_c` is this checkpoint, `ae_c_sN` th
 - Runs that differ only in the seed differ by several points on some tasks (the table "Across training seeds"
   above); read a margin over MFCC with that spread in mind.
 """
-    (folder / "README.md").write_text(text)
+    write_text(folder / "README.md", text)
     return folder / "README.md"
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from coala_embed.files import write_audio
+
 log = logging.getLogger(__name__)
 
 GM_FAMILIES = (
@@ -116,7 +118,7 @@ def render_notes(soundfont: Path, notes: list[dict], out: Path, prefix: str) -> 
     slot = int(SLOT_SECONDS * sr)
     for i, p in enumerate(paths):
         seg = mono[i * slot : (i + 1) * slot]
-        sf.write(p, seg if seg.size else np.zeros(slot, np.float32), sr, subtype="PCM_16")
+        write_audio(p, seg if seg.size else np.zeros(slot, np.float32), sr, subtype="PCM_16")
     wav.unlink()
     return paths
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from coala_embed.files import atomic_write
+from coala_embed.files import atomic_write, write_bytes, write_text
 
 from .cli import parser, start
 from .debian import download, extract
@@ -90,7 +90,7 @@ def write_task(folder: Path, rows: list[dict], card: dict) -> None:
     }
     hours = sum(sf.info(r["path"]).duration for r in rows) / 3600
     card.update(files=len(rows), hours=round(hours, 3), classes=sorted({r["label"] for r in rows}), counts=counts)
-    (folder / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    write_text(folder / "card.json", json.dumps(card, indent=1) + "\n")
 
 
 def read_task(folder: Path) -> list[dict]:
@@ -154,7 +154,7 @@ def build_events(data: Path) -> Path:
                 target = audio / name.split("audio/", 1)[-1]
                 if not target.exists():
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(zf.read(info))
+                    write_bytes(target, zf.read(info))
                 stem = re.sub(r"[_\-\s]*\d+$", "", Path(name).stem)
                 rows.append({"path": str(target), "label": label, "split": "", "group": f"{Path(name).parent}/{stem}"})
     labels = [r["label"] for r in rows]

@@ -27,7 +27,7 @@ from torch import nn
 
 from coala_embed.config import ModelConfig
 from coala_embed.device import cpu_name, resolve_precision
-from coala_embed.files import atomic_write
+from coala_embed.files import atomic_write, write_text
 from coala_embed.model import AudioEncoder, TagEncoder
 
 from .augment import Augment, augment, drop_tags, mel_centres
@@ -398,7 +398,7 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             "resumed from %s: epoch %d, step %d, %d samples", ckpt, state["epoch"], state["step"], state["samples"]
         )
     if rank == 0:  # the settings (after the checkpoint was found to fit), with the precision that actually runs
-        (out / "config.json").write_text(json.dumps({**cfg, "precision": "bf16" if bf16 else "fp32"}, indent=2) + "\n")
+        write_text(out / "config.json", json.dumps({**cfg, "precision": "bf16" if bf16 else "fp32"}, indent=2) + "\n")
     wrapped = {k: nn.parallel.DistributedDataParallel(m) if world > 1 else m for k, m in models.items()}
     if device.type == "cuda":
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
@@ -498,10 +498,14 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
                     {"models": {k: m.state_dict() for k, m in models.items()}, "row": row, "config": json.dumps(cfg)},
                     out / "best.pt",
                 )
-            with open(out / "losses.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(state["history"][-1]))
-                w.writeheader()
-                w.writerows(state["history"])
+
+            def write_losses(tmp: Path) -> None:
+                with open(tmp, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=list(state["history"][-1]))
+                    w.writeheader()
+                    w.writerows(state["history"])
+
+            atomic_write(out / "losses.csv", write_losses)
             plot(state["history"], out / "losses.png")
         state["epoch"], state["step"] = epoch + 1, 0
         state["seconds"] = time.time() - t_start
@@ -516,12 +520,13 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
         dist.all_gather(gathered, local)
         if rank == 0:
             agree = all(torch.equal(g, gathered[0]) for g in gathered)
-            (out / "ddp_check.json").write_text(
-                json.dumps({"world": world, "agree": agree, "checksums": [g.tolist() for g in gathered]}) + "\n"
+            write_text(
+                out / "ddp_check.json",
+                json.dumps({"world": world, "agree": agree, "checksums": [g.tolist() for g in gathered]}) + "\n",
             )
         dist.destroy_process_group()
     if rank == 0:
-        (out / "DONE").write_text(json.dumps(state["history"][-1]) + "\n")
+        write_text(out / "DONE", json.dumps(state["history"][-1]) + "\n")
     return out
 
 
