@@ -321,6 +321,25 @@ def test_selection_candidates(tmp_path):
     assert selected_checkpoint(tmp_path) == "snapshot_epoch25.pt"
 
 
+def test_selection_scores_best_pt_only_when_its_encoders_are_new(tmp_path, monkeypatch):
+    import training.select as sel
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    enc = {"audio_encoder": {"w": torch.ones(3)}, "tag_encoder": {"w": torch.zeros(2)}}
+    torch.save({"models": {"audio_encoder": {"w": torch.full((3,), 2.0)}, "tag_encoder": enc["tag_encoder"]}},
+               run / "snapshot_epoch0.pt")  # fmt: skip
+    torch.save({"models": enc}, run / "snapshot_epoch1.pt")
+    torch.save({"models": {**enc, "audio_decoder": {"w": torch.ones(4)}}}, run / "best.pt")  # epoch 1, + decoders
+    scored = []
+    monkeypatch.setattr(sel, "score", lambda data, r, name, *a: scored.append(name) or {"t": float(len(scored))})
+    out = sel.scores_for(tmp_path, "r", ["snapshot_epoch0.pt", "snapshot_epoch1.pt", "best.pt"], 2)
+    assert scored == ["snapshot_epoch0.pt", "snapshot_epoch1.pt"] and out["best.pt"] == out["snapshot_epoch1.pt"]
+    torch.save({"models": {**enc, "audio_encoder": {"w": torch.full((3,), 5.0)}}}, run / "best.pt")
+    sel.scores_for(tmp_path, "r", ["snapshot_epoch0.pt", "snapshot_epoch1.pt", "best.pt"], 2)
+    assert scored[-1] == "best.pt"  # other encoders: scored
+
+
 def test_selection_across_seeds_links_the_best_run(tmp_path, monkeypatch):
     import training.select as sel
 

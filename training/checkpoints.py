@@ -81,6 +81,20 @@ def build_model(run: Path, corpus: Path | None = None, checkpoint: str = "best.p
     return model.eval(), {"run": cfg, "row": saved.get("row", {})}
 
 
+def encoder_digest(path: Path) -> str:
+    """A hash of the encoders a checkpoint holds (what an evaluation of it depends on): ``best.pt`` carries the
+    decoders as well, so its bytes differ from the snapshot of the same epoch while its embeddings do not."""
+    import hashlib
+
+    models = torch.load(path, map_location="cpu", weights_only=True)["models"]
+    h = hashlib.sha1()
+    for part in ("audio_encoder", "tag_encoder", "cnn"):
+        for k, v in sorted(models.get(part, {}).items()):
+            h.update(f"{part}.{k}|{v.dtype}|{tuple(v.shape)}".encode())
+            h.update(v.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def spec_run(spec: str, data: Path) -> Path | None:
     """The run folder a model spec names (``NAME`` or ``NAME:FILE``); None for ``random`` and ``NAME=PATH``."""
     if "=" in spec or spec == "random":

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from coala_embed.files import atomic_write
 
-from .checkpoints import SELECTED, checkpoint_key, resolve_model, seeds_file
+from .checkpoints import SELECTED, checkpoint_key, encoder_digest, resolve_model, seeds_file
 from .cli import parser, start
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,16 @@ def scores_for(
     cache_file = run / CACHE
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     loaded: dict = {}
-    out = {}
+    out: dict[str, dict[str, float]] = {}
+    digests: dict[str, str] = {}
     for name in names:
         key = _key(run / name, seeds, recipe)
+        if key not in cache and out:  # the same encoders as a candidate already scored (best.pt and its epoch)
+            digests[name] = encoder_digest(run / name)
+            same = [n for n in out if digests.setdefault(n, encoder_digest(run / n)) == digests[name]]
+            if same:
+                cache[key] = out[same[0]]
+                log.info("%s: the encoders of %s, scored already", name, same[0])
         if key not in cache:
             t0 = time.time()
             cache[key] = score(data, run_name, name, seeds, loaded, recipe)
