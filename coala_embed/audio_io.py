@@ -18,9 +18,15 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", "
 BLOCK_SECONDS = 60.0
 
 
+NOT_REGULAR = "not a regular file"
+_KINDS = ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+          (stat.S_ISBLK, "a device"))  # fmt: skip
+
+
 def missing_reason(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be opened at all, in words (no such file, broken link, link loop, a folder, no
-    permission), or None when it can be."""
+    """Why ``path`` cannot be opened at all, in words (no such file, broken link, link loop, a folder, a named
+    pipe, socket or device, no permission), or None when it can be. Only regular files are read: reading a pipe
+    or a device can wait forever, and one such file would stall a whole batch."""
     p = Path(path)
     try:
         st = p.stat()
@@ -34,6 +40,9 @@ def missing_reason(path: str | os.PathLike) -> str | None:
         return e.strerror or type(e).__name__
     if stat.S_ISDIR(st.st_mode):
         return "is a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "a special file")
+        return f"is {kind}, {NOT_REGULAR} (reading it could wait forever; decode it to a file first)"
     if not os.access(p, os.R_OK):
         return "permission denied"
     return None
@@ -142,7 +151,7 @@ def find_audio(
     Folders are searched recursively. A symlinked folder is followed only while it stays inside the input
     folder it was found in (``follow_links=True`` follows it anywhere), and only once: a link back into a folder
     already seen is skipped. Files are kept whatever their extension (a broken link among them is reported when
-    it is read); the result is sorted and has no duplicates.
+    it is read, as is a named pipe, socket or device); the result is sorted and has no duplicates.
 
     Raises:
         AudioError: an input does not exist, is a broken link or a link loop.
@@ -167,8 +176,8 @@ def find_audio(
                     if name.lower().endswith(exts):
                         found.setdefault(Path(root) / name)
         else:
-            reason = missing_reason(p)
-            if reason is not None and reason != "permission denied":
+            reason = missing_reason(p)  # an unreadable or special file fails alone, when it is read
+            if reason is not None and reason != "permission denied" and NOT_REGULAR not in reason:
                 raise AudioError(f"{p}: {reason.replace('no such file', 'no such file or folder')}")
             found.setdefault(p)
     return sorted(found)

@@ -179,6 +179,28 @@ def test_an_unreadable_file_is_named(tmp_path, weights_dir):
     assert r.exit_code == 1 and "permission denied" in r.output
 
 
+@pytest.mark.parametrize("decoders", ["threads", "processes"])
+def test_a_named_pipe_fails_alone_instead_of_stalling_the_run(tmp_path, weights_dir, decoders):
+    import threading
+
+    sf.write(tmp_path / "a.wav", noise(2.0), SR)
+    sf.write(tmp_path / "b.wav", noise(3.0, seed=1), SR)
+    os.mkfifo(tmp_path / "pipe.wav")  # nothing ever writes to it: opening it would wait forever
+    out, got = tmp_path / "o" / "f.npy", {}
+    t = threading.Thread(target=lambda: got.update(r=_run(tmp_path, "-o", out, "--weights", weights_dir, "-q",
+                                                            "--decoders", decoders)), daemon=True)  # fmt: skip
+    t.start()
+    t.join(120)
+    if t.is_alive():  # release the decoder waiting on the pipe (an end of file), so that nothing outlives the test
+        os.close(os.open(tmp_path / "pipe.wav", os.O_WRONLY | os.O_NONBLOCK))
+        t.join(60)
+        pytest.fail("the run waited on the pipe")
+    assert got["r"].exit_code == 1 and "pipe.wav: is a named pipe, not a regular file" in got["r"].output
+    files = json.loads(out.with_name("f.manifest.json").read_text())["files"]
+    assert [(f["path"].rsplit("/", 1)[-1], f["status"]) for f in files] == [("a.wav", "ok"), ("b.wav", "ok"),
+                                                                            ("pipe.wav", "error")]  # fmt: skip
+
+
 USAGE_ERRORS = {
     "a folder with no audio": (lambda t: [t / "empty_dir"], "no audio files found"),
     "a missing path": (lambda t: [t / "missing.wav"], "no such file or folder"),
