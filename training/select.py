@@ -102,8 +102,10 @@ def scores_for(
     for name in names:
         key = _key(run / name, seeds, recipe)
         if key not in cache and out:  # the same encoders as a candidate already scored (best.pt and its epoch)
-            digests[name] = encoder_digest(run / name)
-            same = [n for n in out if digests.setdefault(n, encoder_digest(run / n)) == digests[name]]
+            for n in [name, *out]:
+                if n not in digests:
+                    digests[n] = encoder_digest(run / n)
+            same = [n for n in out if digests[n] == digests[name]]
             if same:
                 cache[key] = out[same[0]]
                 log.info("%s: the encoders of %s, scored already", name, same[0])
