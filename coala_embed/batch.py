@@ -21,7 +21,7 @@ from .api import batch_across, clip_vector
 from .decoding import decode, resolve_log_mel_on
 from .device import resolve_precision
 from .errors import CoalaEmbedError
-from .files import atomic_write
+from .files import atomic_write, write_text
 from .frontend import Patches
 from .model import CoalaModel
 from .version import __version__
@@ -151,7 +151,7 @@ class _State:
                     f"{folder} holds progress of a run with other inputs, model or options; rerun with -f to start over"
                 )
         else:
-            atomic_write(keyfile, lambda p: p.write_text(json.dumps(key)))
+            write_text(keyfile, json.dumps(key))
         self.entries: list[dict] = []
         log = folder / "log.jsonl"
         good = 0
@@ -392,7 +392,7 @@ def finish(
             "seconds": round(seconds, 2),
         },
     }
-    atomic_write(manifest_path(out), lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
+    write_text(manifest_path(out), json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
@@ -500,5 +500,5 @@ def merge(outputs: list[Path], out: Path) -> dict:
         "audio_hours": round(sum(e.get("duration", 0) for e in files) / 3600, 4),
         "merged_from": [str(o) for o in outputs],
     }
-    atomic_write(manifest_path(out), lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
+    write_text(manifest_path(out), json.dumps(manifest, indent=1) + "\n")
     return manifest

@@ -24,8 +24,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """``Path.write_text`` atomically."""
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    """``Path.write_text`` atomically, in UTF-8."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

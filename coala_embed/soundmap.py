@@ -22,7 +22,7 @@ import numpy as np
 
 from .collection import Collection, project
 from .errors import CoalaEmbedError
-from .files import atomic_write
+from .files import atomic_write, write_text
 from .model import CoalaModel
 
 TOP_TAGS = 5  # tags kept per point for hover and search
@@ -186,7 +186,7 @@ def build_page(
     }
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     page = TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
-    atomic_write(out, lambda p: p.write_text(page, encoding="utf-8"))
+    write_text(out, page)
     return {"points": len(coll), "method": lay.method, "seconds": lay.seconds, "groups": len(order), "bytes": len(page)}
 
 

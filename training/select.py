@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from coala_embed.files import atomic_write
+from coala_embed.files import write_text
 
 from .checkpoints import SELECTED, checkpoint_key, encoder_digest, resolve_model, seeds_file
 from .cli import parser, start
@@ -113,8 +113,7 @@ def scores_for(
             t0 = time.time()
             cache[key] = score(data, run_name, name, seeds, loaded, recipe)
             log.info("%s: %s (%.0f s)", name, cache[key], time.time() - t0)
-            text = json.dumps(cache, indent=1) + "\n"
-            atomic_write(cache_file, lambda tmp, text=text: tmp.write_text(text))
+            write_text(cache_file, json.dumps(cache, indent=1) + "\n")
         out[name] = cache[key]
     return out
 
@@ -127,7 +126,7 @@ def select(data: Path, run_name: str, every: int, seeds: int, recipe: str = RECI
     best = max(names, key=lambda n: means[n])  # ties: the earlier candidate
     out = {"checkpoint": best, "mean_val_accuracy": means[best], "seeds": seeds, "recipe": recipe, "scores": scores,
            "means": means}  # fmt: skip
-    atomic_write(run / SELECTED, lambda tmp: tmp.write_text(json.dumps(out, indent=1) + "\n"))
+    write_text(run / SELECTED, json.dumps(out, indent=1) + "\n")
     log.info("selected %s (mean validation accuracy %.2f)", best, means[best])
     return out
 
@@ -148,7 +147,7 @@ def select_across(data: Path, run_names: list[str], every: int, seeds: int, name
     os.replace(tmp, link)
     out = {"selected": best, "checkpoint": chosen[best]["checkpoint"], "seeds": seeds,
            "runs": {r: {k: c[k] for k in ("checkpoint", "mean_val_accuracy", "scores")} for r, c in chosen.items()}}  # fmt: skip
-    atomic_write(seeds_file(link), lambda f: f.write_text(json.dumps(out, indent=1) + "\n"))
+    write_text(seeds_file(link), json.dumps(out, indent=1) + "\n")
     log.info("%s -> %s (%s, mean validation accuracy %.2f)", name, best, out["checkpoint"],
              chosen[best]["mean_val_accuracy"])  # fmt: skip
     return out
