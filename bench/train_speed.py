@@ -1,10 +1,12 @@
 """Training throughput: samples/s of one AE-C step (both autoencoders, three losses, batch 128), plain fp32
 with contiguous memory versus ours (bf16 autocast where the CPU has it natively, else fp32; channels-last;
 FastDropout), measured in one run; with ``--augment``, the cost of on-the-fly augmentation (training/augment.py)
-against that step.
+against that step; with ``--view``, the cost of the audio-audio invariance loss (a second view of every patch
+through the encoder, ``loss_weights.view``) against that step.
 
     python bench/train_speed.py [--variant ae_c|e_c|cnn] [--steps 12] [--batch-size 128] [--device cpu|cuda]
     python bench/train_speed.py --augment '{"mix": 0.5, "gain_db": 6, "eq_db": 6, "pitch": 2, "reverb": 0.3, "noise": 0.3}'
+    python bench/train_speed.py --view --variant e_c
 
 Every line names the CPU and whether bfloat16 is native on it: on a CPU without AVX-512 BF16 or AMX the bf16
 lines run oneDNN's reference code and are many times slower. On CUDA the same step runs under CUDA autocast
@@ -36,10 +38,12 @@ def measure(
     bs: int,
     fast_dropout: bool = True,
     device: torch.device = torch.device("cpu"),
+    view: bool = False,
 ) -> float:
     cfg = dict(DEFAULTS, variant=variant, bf16=bf16, channels_last=channels_last, fast_dropout=fast_dropout)
+    cfg["loss_weights"] = dict(cfg["loss_weights"], view=10.0 if view else 0.0)
     if variant == "e_c":
-        cfg["loss_weights"] = {"audio": 0.0, "tag": 0.0, "contrastive": 10.0}
+        cfg["loss_weights"].update(audio=0.0, tag=0.0)
     torch.manual_seed(0)
     models = build_models(cfg, N_TAGS)
     for m in models.values():
@@ -50,15 +54,17 @@ def measure(
     x = torch.rand(bs, 1, 96, 96, device=device)
     tags = (torch.rand(bs, N_TAGS, device=device) < 0.005).float()
     tags[:, 0] = 1
+    x_view = torch.rand_like(x) if view else None
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+        x_view = x_view.contiguous(memory_format=torch.channels_last) if view else None
     ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for i in range(steps + 2):
         sync()
         t = time.perf_counter()
-        train_step(cfg, models, opts, x, tags, ctx)
+        train_step(cfg, models, opts, x, tags, ctx, x_view=x_view)
         sync()
         if i >= 2:  # warm-up
             times.append(time.perf_counter() - t)
@@ -74,6 +80,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--all", action="store_true", help="also time bf16 where it is not native (very slow)")
     p.add_argument("--augment", default="", help="JSON of training/augment.py settings: also time augmentation")
+    p.add_argument("--view", action="store_true", help="also time the default step with the invariance loss")
     a = p.parse_args()
     dev = torch.device(a.device)
     native = bf16_native(dev)
@@ -102,6 +109,12 @@ def main() -> None:
         ours = s if default else ours
         mark = "  <- the training default here" if default else ""
         print(f"{name:41s}: {s:7.1f} samples/s  ({s / plain:.2f}x plain)  {tag}{mark}")
+    if a.view and ours:
+        s = measure(a.variant, native, True, a.steps, a.batch_size, True, dev, view=True)
+        print(
+            f"{'the default + invariance loss (2 views)':41s}: {s:7.1f} samples/s  ({s / ours:.2f}x the default, "
+            f"{100 * (ours / s - 1):.0f} % more time per sample)  {tag}"
+        )
     if a.augment and ours:
         import json
 

@@ -168,8 +168,9 @@ def _kill_and_resume(smoke_data: Path, tmp_path: Path, *extra: str) -> tuple[Pat
 @pytest.mark.slow
 def test_resume_after_kill_9_continues_exactly(smoke_data, tmp_path):
     # with on-the-fly augmentation and tag dropout, whose draws are seeded by step, so a resume repeats them
+    # and the invariance loss, whose second views (crops and augmentation) are drawn from their own seeded stream
     out, ref = _kill_and_resume(smoke_data, tmp_path, "augment.mix=0.5", "augment.pitch=2", "augment.noise=0.5",
-                                "tag_dropout=0.2")  # fmt: skip
+                                "tag_dropout=0.2", "loss_weights.view=10")  # fmt: skip
     a, b = _weights(out), _weights(ref)
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)  # same steps, same data, same RNG: identical
@@ -435,6 +436,53 @@ def test_mixing_adds_magnitudes_and_unites_the_tags():
         if partners:
             expected = torch.logaddexp(x[i], x[partners[0]])
             torch.testing.assert_close(y[i], expected)
+
+
+def test_a_background_mix_sits_under_the_patch():
+    from training.augment import DB, Augment, augment
+
+    x = torch.full((2, 96, 96), -20.0)
+    x[0, :10] = 0.0
+    x[1, 50:] = 0.0
+    for seed in range(4):
+        y, t = augment(
+            x, torch.eye(2), Augment(mix=1.0, mix_db=0.0, mix_below_db=10.0), torch.Generator().manual_seed(seed)
+        )
+        for i in range(2):  # each patch's partner (itself or the other, as its tags say) is added exactly 10 dB under
+            j = 1 - i if t[i, 1 - i] else i
+            torch.testing.assert_close(y[i], torch.logaddexp(x[i], x[j] - 10 * DB))
+
+
+def test_the_invariance_loss_pairs_two_views_of_each_sound(smoke_data):
+    """``loss_weights.view`` adds a projection head trained with the audio side, second views drawn from the
+    same sound's patch range, and a ``view`` loss that is low for identical views and high for unrelated ones."""
+    from training.train import PatchData, build_models, build_optimizers, load_config, second_view, step_losses
+
+    cfg = load_config("training/configs/ae_c.json", ["loss_weights.view=10"])
+    assert cfg["loss_weights"]["audio"] == 5.0  # the file's weights are kept beside the new key
+    data = PatchData(smoke_data / "corpus", cfg)
+    models = build_models(cfg, data.labels.shape[1])
+    head = {id(p) for p in models["view_head"].parameters()}
+    audio_side = {id(p) for p in build_optimizers(cfg, models)[0].param_groups[0]["params"]}
+    assert head <= audio_side
+    assert "view_head" not in build_models(load_config("training/configs/ae_c.json"), data.labels.shape[1])
+
+    idx = torch.arange(16)
+    starts = data.train_start[idx]
+    plain = dict(cfg, view=dict(cfg["view"], crop=True, augment={}))
+    from training.augment import Augment
+
+    gen_views = [second_view(plain, data, idx, starts, Augment(), s, None) for s in (1, 2)]
+    assert not torch.equal(gen_views[0], gen_views[1])  # other crops of the sounds
+    same = second_view(dict(plain, view=dict(plain["view"], crop=False)), data, idx, starts, Augment(), 1, None)
+    torch.testing.assert_close(same, data.patches(starts))  # no crop, no augmentation: the first view itself
+    for m in models.values():
+        m.eval()
+    x = data.patches(starts)
+    with torch.no_grad():
+        identical = step_losses(cfg, models, x, data.labels[data.train_sound[idx]], x_view=x)["view"]
+        shuffled = step_losses(cfg, models, x, data.labels[data.train_sound[idx]], x_view=x.flip(0))["view"]
+    assert float(identical) < float(shuffled)
 
 
 def test_pitch_shift_moves_a_tone_up_the_mel_axis():

@@ -5,7 +5,9 @@ it does to a magnitude spectrogram, vectorised over the batch, with draws from o
 augments exactly as an uninterrupted one):
 
 * ``mix``: with this probability a patch is mixed with another patch of the batch at a random level ratio of
-  up to ``mix_db`` dB either way (magnitudes add: ``logaddexp``); the tag target is the union of both tag sets.
+  up to ``mix_db`` dB either way, shifted down by ``mix_below_db`` (a background: ``mix_db=7, mix_below_db=13``
+  puts the other patch 6-20 dB under), magnitudes adding (``logaddexp``); the tag target is the union of both
+  tag sets.
 * ``gain_db``: a random gain of up to this many dB either way.
 * ``eq_db``: a random equaliser: a spectral tilt plus one bell of up to this many dB either way, and with
   probability 1/4 a low-pass or high-pass slope.
@@ -39,6 +41,7 @@ class Augment:
 
     mix: float = 0.0
     mix_db: float = 6.0
+    mix_below_db: float = 0.0
     gain_db: float = 0.0
     eq_db: float = 0.0
     pitch: float = 0.0
@@ -110,7 +113,7 @@ def augment(
     if aug.mix:
         partner = torch.randperm(b, generator=gen)
         mixed = torch.rand(b, generator=gen) < aug.mix
-        level = _uniform(b, -aug.mix_db, aug.mix_db, gen) * DB
+        level = (_uniform(b, -aug.mix_db, aug.mix_db, gen) - aug.mix_below_db) * DB
         both = torch.logaddexp(x, x[partner] + level[:, None, None])
         x = torch.where(mixed[:, None, None], both, x)
         tags = torch.where(mixed[:, None], torch.maximum(tags, tags[partner]), tags)

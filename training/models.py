@@ -10,7 +10,9 @@ from torch import nn
 from coala_embed.config import ModelConfig
 from coala_embed.model import AudioEncoder, TagEncoder
 
-__all__ = ["CNN", "AudioDecoder", "AudioEncoder", "FastDropout", "TagDecoder", "TagEncoder", "use_fast_dropout"]
+__all__ = [
+    "CNN", "AudioDecoder", "AudioEncoder", "FastDropout", "TagDecoder", "TagEncoder", "ViewHead", "use_fast_dropout",
+]  # fmt: skip
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -93,6 +95,19 @@ class TagDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.tag_decoder(z)
+
+
+class ViewHead(nn.Module):
+    """The projection head of the audio-audio invariance loss (SimCLR's): z ``[B, 1152]`` -> ``[B, out]`` through
+    Linear, BatchNorm, ReLU, Linear. Training only: the loss pulls two views of one sound together in this space,
+    so z keeps what the head discards, and the head is not exported."""
+
+    def __init__(self, dim: int = 1152, hidden: int = 512, out: int = 128) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(z)
 
 
 class CNN(nn.Module):

@@ -13,9 +13,10 @@
 #   mask  a band of up to 16 mel bins and one of up to 16 frames zeroed per patch (the encoder's input only)
 #   wide  the base recipe on the wider corpus (python -m training.corpus --wide --name corpus_wide)
 #   ec    E-C, the paper's ablation without the autoencoders' decoders (training/configs/e_c.json)
+#   view  the base recipe plus the audio-audio invariance loss (two views of each sound; loss_weights.view=10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,15p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,16p' "$0"; exit 2; }
 RECIPE="$1"; SEED="$2"; SAMPLES="${3:-100000}"
 CONFIG=training/configs/ae_c.json
 case "$RECIPE" in
@@ -26,6 +27,7 @@ case "$RECIPE" in
   reg) SET=(weight_decay=0.05 tag_dropout=0.2) ;;
   mask) SET=(mask.freq=16 mask.time=16) ;;
   wide) SET=(corpus=corpus_wide) ;;
+  view) SET=(loss_weights.view=10) ;;
   *) echo "unknown recipe $RECIPE (see --help)" >&2; exit 2 ;;
 esac
 DATA="${COALA_EMBED_DATA:-$HOME/.cache/coala-embed}"

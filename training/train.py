@@ -34,7 +34,7 @@ from .augment import Augment, augment, drop_tags, mel_centres
 from .checkpoints import model_config
 from .cli import parser, start
 from .losses import generalised_kl, nt_xent, tag_bce
-from .models import CNN, AudioDecoder, TagDecoder, use_fast_dropout
+from .models import CNN, AudioDecoder, TagDecoder, ViewHead, use_fast_dropout
 from .patches import PATCH, window_starts
 
 log = logging.getLogger("training.train")
@@ -44,8 +44,19 @@ DEFAULTS: dict = {
     # The encoders' dimensions (coala_embed.config.ModelConfig, less n_tags, which the corpus gives); export
     # writes them into the checkpoint's config.json
     "model": {k: v for k, v in dataclasses.asdict(ModelConfig()).items() if k != "n_tags"},
-    "loss_weights": {"audio": 5.0, "tag": 5.0, "contrastive": 10.0},
+    # view: the audio-audio invariance loss (NT-Xent between two views of one sound, through ViewHead); 0: off
+    "loss_weights": {"audio": 5.0, "tag": 5.0, "contrastive": 10.0, "view": 0.0},
     "tau": 0.1,
+    # The second view of each training patch, seen by the audio encoder alone when loss_weights.view > 0: another
+    # crop of the same sound (crop=true; false: the same crop) through its own augmentation (training/augment.py);
+    # the default is the signal augmentations plus, for half the views, another sound of the batch 6-20 dB under.
+    "view": {
+        "tau": 0.2,
+        "crop": True,
+        "augment": dataclasses.asdict(
+            Augment(mix=0.5, mix_db=7.0, mix_below_db=13.0, gain_db=6.0, eq_db=6.0, pitch=2.0, reverb=0.3, noise=0.3)
+        ),
+    },
     "optimizer": "adam",  # adam | sgd (the paper: two plain SGD, lr 5e-3)
     "lr": 1e-3,
     # [[samples, factor], ...]: from that many samples on, lr * factor (a step decay; [] keeps lr constant)
@@ -102,17 +113,20 @@ class PatchData:
         self.vocabulary = json.loads((corpus / "vocabulary.json").read_text())
         train_ids = np.flatnonzero(~val)
         if cfg["patch_mode"] == "max_energy":
-            starts, last, sound = best[train_ids], best[train_ids], train_ids
+            starts, first, last, sound = best[train_ids], best[train_ids], best[train_ids], train_ids
         else:
-            starts, last, sound = [], [], []
+            starts, first, last, sound = [], [], [], []
             for i in train_ids:
                 w = window_starts(int(frames[i]), int(signal[i]))
                 hi = max(0, min(int(frames[i]), max(int(signal[i]), PATCH)) - PATCH)
                 starts.append(offset[i] + w)
+                first.append(np.full(len(w), offset[i]))
                 last.append(np.full(len(w), offset[i] + hi))
                 sound.append(np.full(len(w), i))
-            starts, last, sound = map(np.concatenate, (starts, last, sound))
+            starts, first, last, sound = map(np.concatenate, (starts, first, last, sound))
         self.train_start = torch.from_numpy(np.asarray(starts, dtype=np.int64))
+        # each window's sound's first and last patch start: the range another crop of that sound is drawn from
+        self.train_first = torch.from_numpy(np.asarray(first, dtype=np.int64))
         self.train_last = torch.from_numpy(np.asarray(last, dtype=np.int64))
         self.train_sound = torch.from_numpy(np.asarray(sound, dtype=np.int64))
         val_ids = np.flatnonzero(val)
@@ -139,7 +153,7 @@ class PatchData:
             self.vocabulary = [self.vocabulary[str(i)] for i in range(len(self.vocabulary))]
         n_tr = len(tr)
         starts = torch.arange(len(patches)) * PATCH
-        self.train_start = self.train_last = starts[:n_tr]
+        self.train_start = self.train_first = self.train_last = starts[:n_tr]
         self.train_sound = torch.arange(n_tr)
         self.val_start, self.val_sound = starts[n_tr:], torch.arange(n_tr, len(patches))
         self._ar = torch.arange(PATCH)
@@ -155,8 +169,8 @@ class PatchData:
 
     def to(self, device: torch.device) -> PatchData:
         """Move the spectrograms and indices to ``device`` (on a GPU the gathering then runs there too)."""
-        for name in ("logmel", "labels", "scaler_min", "scaler_scale", "train_start", "train_last", "train_sound",
-                     "val_start", "val_sound", "_ar"):  # fmt: skip
+        for name in ("logmel", "labels", "scaler_min", "scaler_scale", "train_start", "train_first", "train_last",
+                     "train_sound", "val_start", "val_sound", "_ar"):  # fmt: skip
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -194,12 +208,18 @@ def _build_models(cfg: dict, n_tags: int) -> dict[str, nn.Module]:
         models["audio_decoder"] = AudioDecoder(mc.channels, mc.dropout)
     if cfg["loss_weights"]["tag"] > 0:
         models["tag_decoder"] = TagDecoder(n_tags, mc.embedding_dim, mc.dropout)
+    if cfg["loss_weights"]["view"] > 0:
+        models["view_head"] = ViewHead(mc.embedding_dim)
     return models
 
 
 def build_optimizers(cfg: dict, models: dict[str, nn.Module]) -> list[torch.optim.Optimizer]:
     """Two optimisers as the paper (audio side, tag side); one for the CNN."""
-    groups = [["cnn"]] if "cnn" in models else [["audio_encoder", "audio_decoder"], ["tag_encoder", "tag_decoder"]]
+    groups = (
+        [["cnn"]]
+        if "cnn" in models
+        else [["audio_encoder", "audio_decoder", "view_head"], ["tag_encoder", "tag_decoder"]]
+    )
     opts = []
     for g in groups:
         params = [p for name in g if name in models for p in models[name].parameters()]
@@ -237,17 +257,31 @@ def spec_mask(x: torch.Tensor, freq: int, time: int, gen: torch.Generator) -> to
 
 
 def step_losses(
-    cfg: dict, models: dict[str, nn.Module], x: torch.Tensor, tags: torch.Tensor, x_in: torch.Tensor | None = None
+    cfg: dict,
+    models: dict[str, nn.Module],
+    x: torch.Tensor,
+    tags: torch.Tensor,
+    x_in: torch.Tensor | None = None,
+    x_view: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The losses of one batch (unweighted); ``x_in`` (default ``x``) is what the audio encoder sees, ``x``
-    what the audio decoder reconstructs."""
+    what the audio decoder reconstructs; ``x_view`` (with a ``view_head``) is a second view of each patch, which
+    the encoder sees in the same batch as ``x_in`` and the invariance loss pairs with it."""
     x_in = x if x_in is None else x_in
     if "cnn" in models:
         _, y = models["cnn"](x_in)
         return {"tag": tag_bce(y, tags)}
+    n = len(x_in)
+    view = x_view is not None and "view_head" in models
+    if view:
+        x_in = torch.cat([x_in, x_view])
     z_a, zd_a = models["audio_encoder"](x_in)
     z_t, zd_t = models["tag_encoder"](tags)
-    out = {"contrastive": nt_xent(zd_a, zd_t, cfg["tau"])}
+    out = {"contrastive": nt_xent(zd_a[:n], zd_t, cfg["tau"])}
+    if view:
+        h = models["view_head"](z_a)
+        out["view"] = nt_xent(h[:n], h[n:], cfg["view"]["tau"])
+        z_a = z_a[:n]
     if "audio_decoder" in models:
         out["audio"] = generalised_kl(models["audio_decoder"](z_a), x)
     if "tag_decoder" in models:
@@ -269,13 +303,14 @@ def train_step(
     tags: torch.Tensor,
     autocast,
     x_in: torch.Tensor | None = None,
+    x_view: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """One optimisation step: the weighted sum of the losses back-propagated once (equal to the original's
     separate backward passes of each weighted term), then every optimiser steps."""
     for o in opts:
         o.zero_grad(set_to_none=True)
     with autocast():
-        losses = step_losses(cfg, models, x, tags, x_in)
+        losses = step_losses(cfg, models, x, tags, x_in, x_view)
     weighted(cfg, losses).backward()
     for o in opts:
         o.step()
@@ -290,9 +325,25 @@ def train_precision(bf16: bool | str, device: torch.device) -> str:
     return resolve_precision("auto" if bf16 == "auto" else ("bf16" if bf16 else "fp32"), device)
 
 
-def aug_seed(seed: int, epoch: int, step: int) -> int:
-    """The seed of a step's augmentation draws (apart from the masking draws of ``spec_mask``)."""
-    return int(np.random.SeedSequence([seed, epoch, step, 1]).generate_state(1)[0])
+def aug_seed(seed: int, epoch: int, step: int, stream: int = 1) -> int:
+    """The seed of a step's augmentation draws (apart from the masking draws of ``spec_mask``); ``stream`` 2
+    draws the second views."""
+    return int(np.random.SeedSequence([seed, epoch, step, stream]).generate_state(1)[0])
+
+
+def second_view(
+    cfg: dict, data: PatchData, idx: torch.Tensor, starts: torch.Tensor, aug: Augment, seed: int, centres
+) -> torch.Tensor:
+    """The second view of the batch's windows ``idx`` (first views at ``starts``): scaled ``[B, 1, 96, 96]``, a
+    crop of the same sound drawn uniformly over its patch starts (``cfg["view"]["crop"]``; else the same crop),
+    augmented with ``aug`` on the CPU from draws seeded by ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    first, last = data.train_first[idx].cpu(), data.train_last[idx].cpu()
+    if cfg["view"]["crop"]:
+        starts = first + (torch.rand(len(idx), generator=gen) * (last - first + 1)).long().clamp_max(last - first)
+    raw = data.raw(starts.to(data.logmel.device), PATCH + aug.extra_frames, (last + PATCH - 1).to(data.logmel.device))
+    raw, _ = augment(raw.cpu(), data.labels[data.train_sound[idx]].cpu(), aug, gen, PATCH, centres)
+    return data.scale(raw)
 
 
 def save_atomic(obj: dict, path: Path) -> None:
@@ -336,7 +387,8 @@ def plot(history: list[dict], path: Path) -> None:
     for ax, k in zip(axes[0], keys):
         s = [h["samples"] for h in history]
         ax.plot(s, [h.get("train_" + k) for h in history], label="train")
-        ax.plot(s, [h.get("val_" + k) for h in history], label="validation")
+        if any("val_" + k in h for h in history):  # the invariance loss has no validation value
+            ax.plot(s, [h.get("val_" + k, math.nan) for h in history], label="validation")
         ax.set_title(k)
         ax.set_xlabel("samples")
         ax.legend()
@@ -419,8 +471,9 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
                 ckpt,
             )
 
-    aug = Augment(**cfg["augment"])
-    centres = mel_centres() if aug.pitch else None
+    aug, view_aug = Augment(**cfg["augment"]), Augment(**cfg["view"]["augment"])
+    use_view = "view_head" in models
+    centres = mel_centres() if aug.pitch or (use_view and view_aug.pitch) else None
     bs, n = cfg["batch_size"], len(data.train_start)
     steps_per_epoch = (cfg["epoch_samples"] or n) // (bs * world)
     last_ckpt, t_start = time.time(), time.time() - state["seconds"]
@@ -458,7 +511,13 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
             if cfg["mask"]["freq"] or cfg["mask"]["time"]:
                 gen = torch.Generator().manual_seed((cfg["seed"] * 100_003 + epoch) * 1_000_003 + step)
                 x_in = spec_mask(x, cfg["mask"]["freq"], cfg["mask"]["time"], gen)
-            losses = train_step(cfg, wrapped, opts, x, tags, autocast, x_in)
+            x_view = None
+            if use_view:
+                x_view = second_view(cfg, data, idx, starts, view_aug, aug_seed(cfg["seed"], epoch, step, 2), centres)
+                x_view = x_view.to(device, non_blocking=True)
+                if cfg["channels_last"]:
+                    x_view = x_view.contiguous(memory_format=torch.channels_last)
+            losses = train_step(cfg, wrapped, opts, x, tags, autocast, x_in, x_view)
             state["step"] = step + 1
             state["samples"] += bs * world
             for k, v in losses.items():
@@ -530,10 +589,20 @@ def train(cfg: dict, data_root: Path, out: Path) -> Path:
     return out
 
 
+def _merge(base: dict, update: dict) -> None:
+    """``base.update(update)``, recursing into dicts both hold, so a file that sets some loss weights keeps the
+    defaults of the others."""
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     """Defaults, then the config file, then ``key=value`` overrides (values parsed as JSON when they can be)."""
     cfg = json.loads(json.dumps(DEFAULTS))
-    cfg.update(json.loads(Path(path).read_text()))
+    _merge(cfg, json.loads(Path(path).read_text()))
     for item in overrides:
         key, _, value = item.partition("=")
         try:
