@@ -3,9 +3,12 @@
 Prints the peak RSS of the ``coala-embed`` command on 20-minute, 1-hour and 3-hour FLAC files (44.1 kHz
 stereo, a chirp with a little noise so that FLAC keeps them small), and of ``get_embedding`` on 20-minute and
 60-minute float32 arrays (each in a fresh process; the array's own size is printed beside it). Memory is flat
-when the 3-hour peak stays within 10 % of the 20-minute one.
+when the 3-hour peak stays within 10 % of the 20-minute one. ``--hop 2`` runs the command with ``--hop 2`` (a
+patch every 46 ms, 48 times the patches; without ``--frames`` only the clip vector's running sums are kept), and
+``--no-arrays`` skips the ``get_embedding`` lines.
 
     python bench/memory.py [--weights DIR] [--hours 0.333 1 3]
+    python bench/memory.py --hop 2 --hours 0.0167 1 --no-arrays
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=None, help="checkpoint folder (default: a random one)")
     p.add_argument("--hours", type=float, nargs="+", default=[1 / 3, 1.0, 3.0])
+    p.add_argument("--hop", type=int, default=None, help="the command's --hop (default: the checkpoint's)")
+    p.add_argument("--no-arrays", action="store_true", help="only the command line")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="coala-mem-"))
     weights = a.weights
@@ -66,15 +71,16 @@ def main() -> None:
     for hours in a.hours:
         f = tmp / f"{hours:g}h.flac"
         write_flac(f, hours)
-        wall, rss = cli([str(f), "-o", str(tmp / "o.npy"), "--weights", weights, "-q", "-f"])
+        hop = ["--hop", str(a.hop)] if a.hop else []
+        wall, rss = cli([str(f), "-o", str(tmp / "o.npy"), "--weights", weights, "-q", "-f", *hop])
         cli_peaks[hours] = rss
-        print(f"coala-embed on a {hours * 60:.0f}-min 44.1 kHz stereo FLAC: peak RSS {rss} MB "
+        print(f"coala-embed {' '.join(hop)} on a {hours * 60:.0f}-min 44.1 kHz stereo FLAC: peak RSS {rss} MB "
               f"({hours * 3600 / wall:.0f}x real time)  {where}")  # fmt: skip
         f.unlink()
     first, last = cli_peaks[a.hours[0]], cli_peaks[a.hours[-1]]
     print(f"coala-embed: {a.hours[-1] * 60:.0f} min peaks at {100 * (last / first - 1):+.1f} % of "
           f"{a.hours[0] * 60:.0f} min  {where}")  # fmt: skip
-    for minutes in (20, 60):
+    for minutes in () if a.no_arrays else (20, 60):
         r = subprocess.run(
             [sys.executable, "-c", _ARRAY, weights, str(minutes)], check=True, capture_output=True, text=True
         )

@@ -11,7 +11,7 @@ import numpy as np
 import soxr
 import torch
 
-from .audio_io import BLOCK_SECONDS, audio_info, iter_blocks, load_audio
+from .audio_io import BLOCK_SECONDS, audio_info, find_audio, iter_blocks, load_audio
 from .config import CLIP_STATS, FrontendConfig
 from .device import float32_convolutions, resolve_device, resolve_precision
 from .errors import AudioError
@@ -84,12 +84,43 @@ def embed_patches(
 def clip_vector(readout: np.ndarray, stat: str = "mean") -> np.ndarray:
     """The one function that turns the per-patch readout of a clip ``[T, R]`` (``CoalaModel.forward``) into its
     clip vector: ``"mean"`` (the paper's, ``[R]``) or ``"meanstd"`` (mean and standard deviation side by side,
-    ``[2R]``); ``config.clip.stat`` says which."""
-    if stat == "mean":
-        return readout.mean(axis=0)
-    if stat == "meanstd":
-        return np.concatenate([readout.mean(axis=0), readout.std(axis=0)])
-    raise ValueError(f"stat must be one of {CLIP_STATS}, got {stat!r}")
+    ``[2R]``); ``config.clip.stat`` says which. :class:`ClipAccumulator` computes it from parts."""
+    return ClipAccumulator(stat).add(readout).vector()
+
+
+class ClipAccumulator:
+    """:func:`clip_vector` of a clip whose patches arrive in parts (a long file, block by block), from running
+    sums in float64: memory stays the same whatever the clip's duration and hop."""
+
+    def __init__(self, stat: str = "mean") -> None:
+        if stat not in CLIP_STATS:
+            raise ValueError(f"stat must be one of {CLIP_STATS}, got {stat!r}")
+        self.stat = stat
+        self.n = 0
+        self.sum: np.ndarray | None = None
+        self.sumsq: np.ndarray | None = None
+
+    def add(self, readout: np.ndarray) -> ClipAccumulator:
+        """Add the readout ``[T, R]`` of some of the clip's patches."""
+        x = np.asarray(readout, np.float64)
+        s = x.sum(axis=0)
+        self.sum = s if self.sum is None else self.sum + s
+        if self.stat == "meanstd":
+            q = np.square(x).sum(axis=0)
+            self.sumsq = q if self.sumsq is None else self.sumsq + q
+        self.n += len(x)
+        return self
+
+    def vector(self) -> np.ndarray:
+        """The clip vector ``[R]`` (``[2R]`` for ``meanstd``), float32."""
+        if self.sum is None or self.n == 0:
+            raise ValueError("a clip vector needs at least one patch")
+        mean = self.sum / self.n
+        if self.stat == "mean":
+            return mean.astype(np.float32)
+        assert self.sumsq is not None  # kept for meanstd
+        std = np.sqrt(np.maximum(self.sumsq / self.n - np.square(mean), 0.0))
+        return np.concatenate([mean, std]).astype(np.float32)
 
 
 def _finish(p: Patches, readout: np.ndarray, model: CoalaModel) -> Embedding:
@@ -143,7 +174,8 @@ def get_embedding(
         p = prepare(mono, sr, cfg)
         emb = _finish(p, embed_patches(model, p.patches, batch_size), model)
     else:  # long arrays block by block, as long files: memory stays flat in the duration
-        blocks = (mono[i : i + int(BLOCK_SECONDS * sr)] for i in range(0, len(mono), int(BLOCK_SECONDS * sr)))
+        step = int(stream_block_seconds(cfg) * sr)
+        blocks = (mono[i : i + step] for i in range(0, len(mono), step))
         starts, ends, embs, duration = [], [], [], 0.0
         cut = PatchCutter(cfg)
         for q in map(cut, _resampled_blocks(blocks, sr, cfg)):  # keep each block's times and embeddings, not patches
@@ -159,30 +191,43 @@ def get_embedding(
 
 
 STREAM_SECONDS = 120.0  # files longer than this are decoded and cut block by block
+PATCHES_PER_BLOCK = 256  # with a fine hop, blocks are shortened to hold about this many patches (9 MB)
+MIN_BLOCK_SECONDS = 5.0
+
+
+def stream_block_seconds(cfg: FrontendConfig) -> float:
+    """Seconds of audio per streamed block: ``BLOCK_SECONDS`` (60), or less with a fine ``chunk_hop`` so that a
+    block's patches stay near ``PATCHES_PER_BLOCK`` (``--hop 2``: 11.9 s), and memory stays the same whatever the
+    hop and the duration."""
+    hop_seconds = cfg.chunk_hop * cfg.hop_length / cfg.sample_rate
+    return min(BLOCK_SECONDS, max(MIN_BLOCK_SECONDS, PATCHES_PER_BLOCK * hop_seconds))
 
 
 def iter_file_signal(
     path: str | os.PathLike,
     cfg: FrontendConfig,
     *,
-    block_seconds: float = BLOCK_SECONDS,
+    block_seconds: float | None = None,
     max_seconds: float | None = None,
 ) -> Iterator[Signal]:
     """Decode and resample a file to mono at the model rate: one whole ``Signal`` for a short file, else block
-    by block (one soxr stream), so that a long file never sits whole in memory. :class:`PatchCutter` cuts them.
+    by block (one soxr stream; ``block_seconds``, default :func:`stream_block_seconds`), so that a long file never sits
+    whole in memory. :class:`PatchCutter` cuts them.
 
     Raises:
         AudioError: the file is missing, not audio, unreadable, empty, holds NaN/Inf, or is longer than
             ``max_seconds`` (checked before decoding).
     """
     sr, _, frames = audio_info(path)
+    check_sample_rate(sr, str(path), file=True)  # the range arrays are held to, with the file's name
     if max_seconds is not None and frames / sr > max_seconds:
         raise AudioError(f"{path}: {frames / sr / 3600:.1f} h long, over the limit of {max_seconds / 3600:g} h")
     if frames / sr <= _stream_threshold(cfg):
         audio, sr = load_audio(path)
         yield Signal(resample(audio, sr, cfg.sample_rate), whole=True, last=True)
         return
-    yield from _resampled_blocks((b for b, _ in iter_blocks(path, block_seconds)), sr, cfg)
+    seconds = block_seconds or stream_block_seconds(cfg)
+    yield from _resampled_blocks((b for b, _ in iter_blocks(path, seconds)), sr, cfg)
 
 
 def _resampled_blocks(blocks: Iterator[np.ndarray], sr: int, cfg: FrontendConfig) -> Iterator[Signal]:
@@ -202,7 +247,7 @@ def iter_file_patches(
     path: str | os.PathLike,
     cfg: FrontendConfig,
     *,
-    block_seconds: float = BLOCK_SECONDS,
+    block_seconds: float | None = None,
     max_seconds: float | None = None,
     device: str | torch.device | None = None,
 ) -> Iterator[Patches]:
@@ -215,9 +260,9 @@ def iter_file_patches(
 
 
 def _stream_threshold(cfg: FrontendConfig) -> float:
-    """Signals longer than this many seconds are cut block by block (``StreamingPatches`` needs more than
-    ``pad_seconds`` and two patches)."""
-    return max(STREAM_SECONDS, cfg.pad_seconds, 2 * cfg.patch_seconds)
+    """Signals longer than this many seconds are cut block by block: two minutes, or two blocks with a fine hop
+    (``StreamingPatches`` needs more than ``pad_seconds`` and two patches)."""
+    return max(min(STREAM_SECONDS, 2 * stream_block_seconds(cfg)), cfg.pad_seconds, 2 * cfg.patch_seconds)
 
 
 def file_patches(path: str | os.PathLike, cfg: FrontendConfig, *, max_seconds: float | None = None) -> Patches:
@@ -296,15 +341,21 @@ def embed_files(
 ) -> Iterator[tuple[str, Embedding | Exception]]:
     """Embed many files, filling each forward pass with patches from several files.
 
+    ``paths`` is an iterable of paths; a single path (a ``str`` or ``PathLike``) is read as one input, and a
+    folder as the audio files inside it (recursively, as the command line finds them).
+
     Yields ``(path, Embedding)`` in input order, or ``(path, AudioError)`` for a file that failed; one bad
     file never stops the others.
     """
     from .errors import CoalaEmbedError
 
+    if isinstance(paths, (str, bytes, os.PathLike)):  # iterating a string would give one "file" per character
+        paths = [os.fsdecode(paths)]
+    files = (q for p in paths for q in (find_audio([p]) if os.path.isdir(p) else [p]))  # lazy, as ``paths``
     model = _model(model, device)
 
     def decoded() -> Iterator[tuple[str, Patches | Exception]]:
-        for path in paths:
+        for path in files:
             try:
                 yield str(path), file_patches(path, model.config.frontend)
             except CoalaEmbedError as e:

@@ -56,7 +56,11 @@ def _open(path: str | os.PathLike) -> sf.SoundFile:
     try:
         f = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, OSError, TypeError) as e:
-        raise AudioError(f"{path}: not readable as audio ({_reason(e)})") from e
+        reason = _reason(e)
+        if "not a regular file" in reason:  # libsndfile's words when a decoder (MP3's) rejects the header itself
+            size = os.path.getsize(path)
+            reason = f"its header is damaged or truncated ({size:,} bytes); the decoder could not parse it"
+        raise AudioError(f"{path}: not readable as audio ({reason})") from e
     if f.channels < 1 or f.samplerate <= 0:
         f.close()
         raise AudioError(f"{path}: has {f.channels} channels at {f.samplerate} Hz")

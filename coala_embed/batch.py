@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from . import decoding
-from .api import batch_across, clip_vector
+from .api import ClipAccumulator, batch_across
 from .decoding import decode, resolve_log_mel_on
 from .device import resolve_precision
 from .errors import CoalaEmbedError
-from .files import atomic_write, write_text
+from .files import atomic_write_all, named_error, write_text
 from .frontend import Patches
 from .model import CoalaModel
 from .version import __version__
@@ -76,7 +76,9 @@ def check_output(out: Path, fmt: str | None = None) -> str:
     if ext not in FORMATS:
         raise CoalaEmbedError(f"{out}: the output must end in .npy or .npz (the extension sets the format)")
     if fmt is not None and fmt != ext:
-        raise CoalaEmbedError(f"{out}: --format {fmt} contradicts the extension .{ext}; name the output *.{fmt}")
+        raise CoalaEmbedError(
+            f"{out}: --format {fmt} contradicts the extension .{ext}; use -o {out.with_suffix('.' + fmt)}"
+        )
     if out.is_dir():
         raise CoalaEmbedError(f"{out} is a folder; give a file name such as {out / ('feats.' + ext)}")
     try:
@@ -181,24 +183,32 @@ class _State:
                 raise CoalaEmbedError(f"{p} is shorter than its log says; rerun with -f to start over")
             f.truncate(size)
 
-    def done(self) -> set[int]:
-        return {e["index"] for e in self.entries}
+    def done(self, stamps: dict[int, list[int] | None]) -> set[int]:
+        """The inputs finished and unchanged since: an entry whose file's size or modification time differs from
+        ``stamps`` (:func:`file_stamp`) is done again, and its new entry replaces it (:func:`finish`)."""
+        return {e["index"] for e in self.entries if e.get("stamp") == stamps.get(e["index"])}
 
     def append(self, results: list[tuple[dict, np.ndarray | None, np.ndarray | None, np.ndarray | None]]) -> None:
         """Append finished files: data first (fsynced), then their log lines."""
         for name, k in (("rows.f32", 1), ("frames.f32", 2), ("times.f64", 3)):
             arrays = [r[k] for r in results if r[k] is not None]
             if arrays:
-                with open(self.folder / name, "ab") as f:
-                    for a in arrays:
-                        f.write(np.ascontiguousarray(a).tobytes())
-                    f.flush()
-                    os.fsync(f.fileno())
-        for entry, *_ in results:
-            self.log.write((json.dumps(entry) + "\n").encode())
-            self.entries.append(entry)
-        self.log.flush()
-        os.fsync(self.log.fileno())
+                try:
+                    with open(self.folder / name, "ab") as f:
+                        for a in arrays:
+                            f.write(np.ascontiguousarray(a).tobytes())
+                        f.flush()
+                        os.fsync(f.fileno())
+                except OSError as e:
+                    raise named_error(e, self.folder / name) from e
+        try:
+            for entry, *_ in results:
+                self.log.write((json.dumps(entry) + "\n").encode())
+                self.entries.append(entry)
+            self.log.flush()
+            os.fsync(self.log.fileno())
+        except OSError as e:
+            raise named_error(e, self.folder / "log.jsonl") from e
 
     def arrays(self, frames: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         rows = np.fromfile(self.folder / "rows.f32", dtype=np.float32).reshape(-1, self.dim)
@@ -212,11 +222,24 @@ class _State:
         self.log.close()
 
 
+def file_stamp(path: Path) -> list[int] | None:
+    """What tells a resumed run that an input changed since it was embedded: ``[size, mtime_ns]`` (None when
+    the file cannot be read; its error entry is retried on resume)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def model_info(model: CoalaModel) -> dict:
+    """The checkpoint as a manifest records it: where it came from, the sha256 of its weights and of its
+    ``config.json`` (front-end, tag vocabulary), its revision and variant."""
     info = model.config.info
     return {
         "source": getattr(model, "source", None),
         "sha256": info.get("sha256"),
+        "config_sha256": getattr(model, "config_sha256", None),
         "revision": info.get("revision") or info.get("commit"),
         "variant": info.get("variant"),
     }
@@ -243,19 +266,20 @@ def run(
 
     indices = list(range(len(paths))) if indices is None else indices
     dim = model.config.model.embedding_dim
-    key = {
+    precision = resolve_precision(opts.precision, model.device)
+    key = {  # what a resumed run must share with the run it finishes (each file's content: ``file_stamp``)
         "inputs": [str(p) for p in paths],
         "model": model_info(model),
         "frontend": asdict(model.config.frontend),
         "clip": asdict(model.config.clip),
-        "options": {"fmt": opts.fmt, "frames": opts.frames},
+        "options": {"fmt": opts.fmt, "frames": opts.frames, "precision": precision},
     }
-    precision = resolve_precision(opts.precision, model.device)
     sdir = state_dir(out)
     if sdir.exists() and not resume:
         raise CoalaEmbedError(f"{sdir} holds an interrupted run: add --resume to finish it, or -f to start over")
     state = _State(sdir, model.config.clip_dim, dim, key, opts.frames)
-    done = state.done()
+    stamps = {i: file_stamp(p) for i, p in zip(indices, paths)}  # before decoding: a later change is caught
+    done = state.done(stamps)
     todo = [(i, p) for i, p in zip(indices, paths) if i not in done]
     t0 = time.time()
     audio_s = sum(e.get("duration", 0.0) for e in state.entries)
@@ -268,9 +292,10 @@ def run(
         dynamic_ncols=True,
     )
 
-    # A file whose parts are not all embedded yet: index -> [(starts, ends, frame embeddings), ...]; the patches
-    # themselves are not kept, so memory does not grow with the file's duration
-    partial: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    # A file whose parts are not all embedded yet: index -> its clip vector's running sums, and with --frames the
+    # parts' (starts, ends, z); neither the patches nor (without --frames) their embeddings are kept, so memory
+    # does not grow with the file's duration or the hop
+    partial: dict[int, tuple[ClipAccumulator, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]] = {}
 
     def record(chunk: list[tuple[tuple[int, Path, bool], Patches | Exception, np.ndarray | None]]) -> None:
         """Collect embedded parts; write each file once its last part is in (or its error)."""
@@ -278,25 +303,27 @@ def run(
         results: list[tuple[dict, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = []
         for (i, path, last), p, fr in chunk:
             if isinstance(p, Patches) and fr is not None:
-                partial.setdefault(i, []).append((p.starts, p.ends, fr))
+                acc, parts = partial.setdefault(i, (ClipAccumulator(model.config.clip.stat), []))
+                acc.add(fr)
+                if opts.frames:
+                    parts.append((p.starts, p.ends, fr[:, :dim]))
                 if not last:
                     continue
-                parts = partial.pop(i)
-                readout = np.concatenate([f for _, _, f in parts])
-                frames = readout[:, :dim]
+                partial.pop(i)
                 duration = p.duration
                 entry = {"index": i, "path": str(path), "status": "ok", "duration": round(duration, 4),
-                         "n_frames": len(frames)}  # fmt: skip
-                times = None
+                         "n_frames": acc.n, "stamp": stamps[i]}  # fmt: skip
+                frames = times = None
                 if opts.frames:
+                    frames = np.concatenate([f for _, _, f in parts])
                     times = np.stack([np.concatenate([a for a, _, _ in parts]),
                                       np.concatenate([b for _, b, _ in parts])], axis=1)  # fmt: skip
-                clip = clip_vector(readout, model.config.clip.stat)[None]
-                results.append((entry, clip, frames if opts.frames else None, times))
+                results.append((entry, acc.vector()[None], frames, times))
                 audio_s += duration
             else:
                 partial.pop(i, None)
-                results.append(({"index": i, "path": str(path), "status": "error", "error": str(p)}, None, None, None))
+                entry = {"index": i, "path": str(path), "status": "error", "error": str(p), "stamp": stamps[i]}
+                results.append((entry, None, None, None))
         if not results:
             return
         state.append(results)
@@ -326,8 +353,10 @@ def run(
 def finish(
     out: Path, state: _State, opts: Options, model: CoalaModel, *, shard, seconds, n_inputs, fingerprint, total_inputs
 ) -> dict:
-    """Write the final outputs atomically from the progress state, rows in input order."""
-    order = sorted(range(len(state.entries)), key=lambda k: state.entries[k]["index"])
+    """Write the final outputs atomically from the progress state, rows in input order; an input embedded again
+    on resume (it changed) takes its last entry."""
+    latest = {e["index"]: k for k, e in enumerate(state.entries)}
+    order = sorted(latest.values(), key=lambda k: state.entries[k]["index"])
     rows, fr, times = state.arrays(opts.frames)
     # Data rows follow processing order; map them to input order.
     ok_pos, frame_pos, r, f = {}, {}, 0, 0
@@ -368,7 +397,6 @@ def finish(
             with open(p, "wb") as fh:
                 np.save(fh, emb)
 
-    atomic_write(out, write)
     failed = [e for e in files if e["status"] != "ok"]
     manifest = {
         "coala_embed_version": __version__,
@@ -392,8 +420,14 @@ def finish(
             "seconds": round(seconds, 2),
         },
     }
-    write_text(manifest_path(out), json.dumps(manifest, indent=1) + "\n")
+    _write_pair(out, write, manifest)
     return manifest
+
+
+def _write_pair(out: Path, write, manifest: dict) -> None:
+    """The features and their manifest, both or neither (a full disk leaves the previous pair, or none)."""
+    text = json.dumps(manifest, indent=1) + "\n"
+    atomic_write_all([(out, write), (manifest_path(out), lambda tmp: tmp.write_text(text, encoding="utf-8"))])
 
 
 def inputs_fingerprint(paths: list[Path]) -> str:
@@ -490,7 +524,6 @@ def merge(outputs: list[Path], out: Path) -> dict:
                 arrays["frame_offsets"] = np.asarray(offsets, np.int64)
             np.savez(fh, **arrays)  # type: ignore[arg-type]
 
-    atomic_write(out, write)
     failed = sum(e["status"] != "ok" for e in files)
     manifest = dict(first, output=out.name, shard=None, files=files)
     manifest["summary"] = {
@@ -500,5 +533,5 @@ def merge(outputs: list[Path], out: Path) -> dict:
         "audio_hours": round(sum(e.get("duration", 0) for e in files) / 3600, 4),
         "merged_from": [str(o) for o in outputs],
     }
-    write_text(manifest_path(out), json.dumps(manifest, indent=1) + "\n")
+    _write_pair(out, write, manifest)
     return manifest

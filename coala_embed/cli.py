@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,8 @@ from .version import __version__
 
 # Exit status: 0 all done; 1 some input files failed (the others are done); 2 usage error (click's own);
 # 3 the run itself failed while writing (disk full, output removed): nothing half-written is left as the output.
-EXIT_FAILED_FILES, EXIT_RUN_FAILED = 1, 3
+# 130: interrupted (Ctrl-C); an embed run keeps its progress for --resume.
+EXIT_FAILED_FILES, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 1, 3, 130
 
 
 class _DefaultGroup(click.Group):
@@ -24,7 +28,26 @@ class _DefaultGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["embed", *args]
+        ctx.meta["coala_embed.first_arg"] = args[0] if args else None
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        """Ctrl-C exits 130 (as shells report a SIGINT), never 1, which means "some files failed"; a usage error
+        of a subcommand whose name is also a file or folder here says how to embed that path instead."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.UsageError as e:
+            first = ctx.meta.get("coala_embed.first_arg")
+            if first and first != "embed" and first in self.commands and Path(first).exists():
+                hint = (
+                    f"\n'{first}' is a coala-embed command; to embed the path {first!r} here, write "
+                    f"`coala-embed embed {first} ...` or `coala-embed ./{first} ...`"
+                )
+                raise click.UsageError(e.message + hint, e.ctx) from e
+            raise
 
 
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,7 +71,7 @@ def main() -> None:
     """
 
 
-def _tune_malloc() -> None:
+def _tune_malloc(fine_hop: bool = False) -> None:
     """Keep freed memory in the process for reuse (glibc only; a no-op elsewhere).
 
     Every file allocates and frees buffers of megabytes (decoded audio, spectrograms, patches). With glibc's
@@ -57,6 +80,11 @@ def _tune_malloc() -> None:
     mmap and trim thresholds keeps those pages in the heap (1.3 -> 0.8 kernel CPU-s there) without raising
     the peak: the 1-hour FLAC peaks at 805-861 MB with it and 815-820 MB without (two runs each). Only the
     command line does this: it owns its process, the library does not.
+
+    ``fine_hop`` (``--hop`` under a patch): the blocks of patches (about 9 MB each, ``api.stream_block_seconds``)
+    are mapped and unmapped instead (mmap threshold 4 MB). Kept in the heap, they fragmented it and the peak grew
+    with the duration (``--hop 2``: 497 MB for 1 minute, 774 MB for 10; with 4 MB, 537 and 583 MB;
+    ``bench/memory.py --hop 2``).
     """
     import ctypes
     import ctypes.util
@@ -70,7 +98,7 @@ def _tune_malloc() -> None:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    mallopt(m_mmap_threshold, 256 << 20)
+    mallopt(m_mmap_threshold, (4 if fine_hop else 256) << 20)
     mallopt(m_trim_threshold, 1 << 30)
     mallopt(m_top_pad, 512 << 20)
 
@@ -138,6 +166,24 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
     for p in (out, manifest_path(out)):
         if p.exists():
             raise click.UsageError(f"{p} exists; add -f to overwrite it")
+
+
+def _check_new_file(path: Path, force: bool, reads: list[Path]) -> None:
+    """An output of a command other than embed: never a file the command reads (features, manifest, labels),
+    even with ``-f``, and an existing file only with ``-f``."""
+    for r in reads:
+        if path.resolve() == r.resolve() or (path.exists() and r.exists() and os.path.samefile(path, r)):
+            raise click.UsageError(f"{path} is {r}, which this command reads; write the output to another file")
+    if path.is_dir():
+        raise click.UsageError(f"{path} is a folder; give a file name")
+    if path.exists() and not force:
+        raise click.UsageError(f"{path} exists; add -f to overwrite it")
+
+
+def _max_hours(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a number of hours above 0, got {value}")
+    return value
 
 
 @main.command("embed")
@@ -241,7 +287,8 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
 )
 @click.option("--resume", is_flag=True, help="Finish an interrupted run with the same inputs and options.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs and discard interrupted progress.")
-@click.option("--max-hours", default=24.0, show_default=True, help="Files longer than this are reported as failures.")
+@click.option("--max-hours", default=24.0, show_default=True, callback=_max_hours,
+              help="Files longer than this are reported as failures (hours, above 0).")  # fmt: skip
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
 def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, follow_links, weights, device, batch_size, workers, decoders, log_mel_on, precision, readout, hop, fast_frontend, shard, resume, force, max_hours, quiet) -> None:  # fmt: skip
     """Embed INPUTS (files and folders) into one matrix with a manifest.
@@ -264,14 +311,17 @@ def embed_cmd(inputs, out, fmt, frames, exts, no_recursive, follow_links, weight
       coala-embed recordings/ -o feats.npy        # then: numpy.load("feats.npy"), feats.manifest.json
     """
     from . import batch
+    from .config import PATCH_FRAMES
 
-    _tune_malloc()
+    _tune_malloc(fine_hop=hop is not None and hop < PATCH_FRAMES)
+    if frames and (fmt or out.suffix.lower().lstrip(".")) != "npz":
+        raise click.UsageError(
+            f"--frames writes clips, frames and times into one .npz file: use -o {out.with_suffix('.npz')}"
+        )
     try:
         fmt = batch.check_output(out, fmt)
     except CoalaEmbedError as e:
         raise click.UsageError(str(e)) from e
-    if frames and fmt != "npz":
-        raise click.UsageError("--frames needs --format npz (one file holds clips, frames and times)")
     k = n = None
     if shard:
         try:
@@ -327,9 +377,14 @@ def _embed_locked(batch, inputs, out, fmt, frames, exts, no_recursive, follow_li
     except CoalaEmbedError as e:
         raise click.UsageError(str(e)) from e
     except OSError as e:
-        click.echo(f"error: writing {out} failed: {e}; progress is kept in {batch.state_dir(out)}, rerun with "
-                   "--resume once the cause is fixed", err=True)  # fmt: skip
+        why = f"the disk is full ({e.strerror})" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        click.echo(f"error: writing {e.filename or out} failed: {why}; {out} was left as it was and the progress "
+                   f"is kept in {batch.state_dir(out)}: rerun with --resume once the cause is fixed", err=True)  # fmt: skip
         sys.exit(EXIT_RUN_FAILED)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: the progress is kept in {batch.state_dir(out)}; rerun the same command with "
+                   "--resume to finish", err=True)  # fmt: skip
+        sys.exit(EXIT_INTERRUPTED)
     _report(manifest, out)
 
 
@@ -368,6 +423,9 @@ def merge_cmd(shards, out, force) -> None:
         batch.check_output(out)
     except CoalaEmbedError as e:
         raise click.UsageError(str(e)) from e
+    reads = [q for s in shards for q in (s, batch.manifest_path(s))]
+    for target in (out, batch.manifest_path(out)):
+        _check_new_file(target, True, reads)  # -f may replace an old merge, never a shard
     with _locked(out):
         _check_out(out, force, False)
         try:
@@ -406,6 +464,7 @@ def tags_cmd(files, top_k, weights, device, as_json, method) -> None:
     import json
 
     from .audio_io import load_audio
+    from .frontend import check_sample_rate
     from .tags import predict_tags
 
     model = _load(weights, device)
@@ -413,6 +472,7 @@ def tags_cmd(files, top_k, weights, device, as_json, method) -> None:
     for f in files:
         try:
             audio, sr = load_audio(f)
+            check_sample_rate(sr, str(f), file=True)
             out[str(f)] = predict_tags(audio, sr, model=model, top_k=top_k, method=method)
         except CoalaEmbedError as e:
             click.echo(f"failed: {e}", err=True)
@@ -427,6 +487,26 @@ def tags_cmd(files, top_k, weights, device, as_json, method) -> None:
 
 
 _FEATURES = click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+_ANY_MODEL = click.option(
+    "--any-model",
+    is_flag=True,
+    help="Use the checkpoint even when the manifest says another one made FEATURES (scores then mean little).",
+)
+
+
+def _check_model(coll, model, any_model: bool) -> None:
+    """Refuse to score the rows of ``coll`` with a checkpoint other than the one that made them."""
+    from .batch import model_info
+    from .collection import model_mismatch
+
+    why = model_mismatch(coll.model_info, model_info(model))
+    if why and not any_model:
+        raise click.UsageError(
+            f"the rows of {coll.features} cannot be compared with this checkpoint's: {why}. Pass --weights "
+            f"{coll.model or 'WEIGHTS'} (the one that made them), re-embed the files, or add --any-model"
+        )
+
+
 _WEIGHTS = click.option(
     "--weights",
     default=None,
@@ -440,7 +520,8 @@ _WEIGHTS = click.option(
 @click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Results to show.")
 @_WEIGHTS
 @click.option("--device", default="auto", show_default=True)
-def search_cmd(features, query, top_k, weights, device) -> None:
+@_ANY_MODEL
+def search_cmd(features, query, top_k, weights, device, any_model) -> None:
     """Rank the files embedded in FEATURES (a .npy/.npz from `coala-embed`, with its manifest) by QUERY,
     words of the tag vocabulary (`coala-embed vocab` lists them).
 
@@ -451,6 +532,7 @@ def search_cmd(features, query, top_k, weights, device) -> None:
     from .collection import load_collection, read_features
     from .tags import search
 
+    coll = None
     try:
         if manifest_path(features).exists():
             coll = load_collection(features)
@@ -460,6 +542,8 @@ def search_cmd(features, query, top_k, weights, device) -> None:
     except CoalaEmbedError as e:
         raise click.UsageError(str(e)) from e
     model = _load(weights, device)
+    if coll is not None:
+        _check_model(coll, model, any_model)
     try:
         hits = search(query, emb, model=model, top_k=top_k)
     except CoalaEmbedError as e:
@@ -492,7 +576,9 @@ def _collection(features: Path):
 @click.option("--title", help="Page title [default: the features file and the number of sounds].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the projection.")
 @_WEIGHTS
-def map_cmd(features, out, labels, projection, embed_audio, png, title, seed, weights) -> None:
+@_ANY_MODEL
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing page or picture.")
+def map_cmd(features, out, labels, projection, embed_audio, png, title, seed, weights, any_model, force) -> None:
     """Draw the sounds of FEATURES (an output of `coala-embed`, read with its manifest) as an interactive 2-D map
     in one HTML page: hover a point for its file, duration and top tags, click it to play the sound, type words
     to keep the sounds whose tags or file names hold them. No network is needed to open the page; without
@@ -501,10 +587,16 @@ def map_cmd(features, out, labels, projection, embed_audio, png, title, seed, we
     \b
     Example:
       coala-embed sounds/ -o feats.npy && coala-embed map feats.npy -o map.html --png map.png"""
+    from .batch import manifest_path
     from .soundmap import build_page, layout, read_labels, write_png
 
+    reads = [features, manifest_path(features), *([labels] if labels else [])]
+    _check_new_file(out, force, reads)
+    if png:
+        _check_new_file(png, force, [*reads, out])
     coll = _collection(features)
     model = _load(weights, "cpu")
+    _check_model(coll, model, any_model)
     try:
         lay = layout(coll, read_labels(labels, coll) if labels else None, projection, seed)
         info = build_page(coll, out, lay, model=model, embed_audio=embed_audio, title=title)
@@ -525,7 +617,8 @@ def map_cmd(features, out, labels, projection, embed_audio, png, title, seed, we
 @click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours to list.")
 @_WEIGHTS
 @click.option("--device", default="auto", show_default=True)
-def neighbours_cmd(features, query, top_k, weights, device) -> None:
+@_ANY_MODEL
+def neighbours_cmd(features, query, top_k, weights, device, any_model) -> None:
     """List the files of FEATURES most similar to QUERY: a file of the collection (its path as the manifest names
     it, or its file name when that is unique) or any audio file, which is embedded first. Similarity is the cosine
     of the clips' mean codes z (the first 1152 columns of a z+max row).
@@ -538,6 +631,8 @@ def neighbours_cmd(features, query, top_k, weights, device) -> None:
     from .collection import neighbours
 
     coll = _collection(features)
+    if len(coll) == 0:
+        raise click.UsageError(f"{features} holds no embedded files: there is nothing to compare {query} with")
     rows = [i for i, p in enumerate(coll.paths) if p == query]
     if not rows:
         same = [i for i, p in enumerate(coll.paths) if Path(p).name == Path(query).name]
@@ -549,6 +644,7 @@ def neighbours_cmd(features, query, top_k, weights, device) -> None:
         from .api import embed_file
 
         model = _load(weights, device)
+        _check_model(coll, model, any_model)
         try:
             vec = embed_file(query, model=model).clip[: coll.z.shape[1]]
         except CoalaEmbedError as e:
@@ -557,6 +653,9 @@ def neighbours_cmd(features, query, top_k, weights, device) -> None:
             raise click.UsageError(f"{query} embeds to {vec.shape[-1]} dimensions, {features} has {coll.z.shape[1]}")
     else:
         raise click.UsageError(f"{query} is neither a file of {features.name} nor an audio file")
+    if rows and len(coll) == 1:
+        click.echo(f"{features} holds only {query} itself: no other file to compare it with", err=True)
+        return
     for i, sim in neighbours(coll.z, vec, top_k + len(rows[:1])):
         if rows and i == rows[0]:
             continue

@@ -7,7 +7,7 @@ import functools
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class Collection:
     features: Path  # the .npy/.npz file
     model: str = ""  # the checkpoint that made it, as the manifest names it
     z_dim: int | None = None  # the leading columns that hold the mean of z (None: all of them)
+    model_info: dict = field(default_factory=dict)  # the manifest's record of that checkpoint (batch.model_info)
 
     @property
     def z(self) -> np.ndarray:
@@ -99,7 +100,23 @@ def load_collection(features: str | os.PathLike) -> Collection:
     durations = np.array([f.get("duration", np.nan) for f in rows], np.float64)
     model = m.get("model") if isinstance(m.get("model"), dict) else {}
     z_dim = (m.get("dims") or {}).get("z")
-    return Collection(emb, [f["path"] for f in rows], durations, features, str(model.get("source") or ""), z_dim)
+    return Collection(
+        emb, [f["path"] for f in rows], durations, features, str(model.get("source") or ""), z_dim, dict(model)
+    )
+
+
+def model_mismatch(recorded: dict, current: dict) -> str | None:
+    """Why features recorded as made by ``recorded`` (a manifest's ``model``) cannot be compared with what the
+    checkpoint ``current`` (``batch.model_info``) computes, or None when they can: the weights' or the config's
+    sha256 differ (a hash either side lacks is not compared)."""
+    for key, what in (("sha256", "weights"), ("config_sha256", "config.json")):
+        a, b = recorded.get(key), current.get(key)
+        if a and b and a != b:
+            return (
+                f"they were made by {recorded.get('source') or 'another checkpoint'} ({what} sha256 {a[:12]}), "
+                f"not by {current.get('source') or 'this checkpoint'} ({what} sha256 {b[:12]})"
+            )
+    return None
 
 
 def normalized(x: np.ndarray) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,14 +16,44 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     ``path`` holds either its old content or the whole new one, never a part. The temporary file is removed if
     ``write`` fails. ``np.save`` and ``np.savez`` add an extension to a name: use :func:`save_npy` and
     :func:`save_npz`, which write through a file handle.
+
+    Raises:
+        OSError: naming ``path`` (``filename``); ``errno.ENOSPC`` when the disk filled up, also where the writer
+            only reported a short write.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    atomic_write_all([(path, write)])
+
+
+def atomic_write_all(writes: list[tuple[str | os.PathLike, Callable[[Path], Any]]]) -> None:
+    """:func:`atomic_write` for files that belong together (features and their manifest): every file is written
+    to its temporary name first, and only once all of them are complete are they renamed into place, so a
+    failure (a full disk) leaves every path as it was."""
+    tmps: list[tuple[Path, Path]] = []
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        for path, write in writes:
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmps.append((tmp, path))
+            try:
+                write(tmp)
+            except OSError as e:
+                raise named_error(e, path) from e
+        for tmp, path in tmps:
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp, _ in tmps:
+            tmp.unlink(missing_ok=True)
+
+
+def named_error(e: OSError, path: str | os.PathLike) -> OSError:
+    """``e`` as an OSError that names ``path``; a failure on a full file system (numpy's short writes carry no
+    errno) becomes ``errno.ENOSPC``."""
+    code = e.errno
+    if code is None or code == errno.EIO:
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(Path(path).parent).free < 1 << 20:
+                code = errno.ENOSPC
+    return OSError(code, os.strerror(code) if code else str(e), str(path))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -41,7 +41,7 @@ def to_mono(audio: np.ndarray | torch.Tensor, name: str = "audio") -> np.ndarray
         name: how error messages name the input.
 
     Raises:
-        AudioError: not 1-D or 2-D, empty, zero channels, or holding NaN or Inf.
+        AudioError: not 1-D or 2-D, empty, zero channels, holding NaN or Inf, or 64-bit integers.
     """
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu()
@@ -49,6 +49,13 @@ def to_mono(audio: np.ndarray | torch.Tensor, name: str = "audio") -> np.ndarray
     audio = np.asarray(audio)
     if audio.dtype.kind not in "fiu":
         raise AudioError(f"{name}: audio must be numeric, got dtype {audio.dtype}")
+    if audio.dtype.kind in "iu" and audio.dtype.itemsize > 4:
+        # no PCM format has 64-bit integers: a list of Python ints, or int16 samples widened by numpy or torch,
+        # would be scaled by 2**63 into silence
+        raise AudioError(
+            f"{name}: {audio.dtype} samples have no PCM scale (a list of Python ints becomes int64); pass floats in "
+            "[-1, 1], or integers as int16 or int32 PCM (e.g. np.asarray(samples, np.int16))"
+        )
     if audio.dtype.kind in "iu":  # PCM integers: scaled by their type's range to [-1, 1), as soundfile reads them
         audio = pcm_to_float(audio)
     if audio.ndim == 2:
@@ -77,9 +84,10 @@ def pcm_to_float(audio: np.ndarray) -> np.ndarray:
     return audio.astype(np.float32) / scale
 
 
-def check_sample_rate(sr: float, name: str = "audio") -> int:
+def check_sample_rate(sr: float, name: str = "audio", *, file: bool = False) -> int:
     """Return ``sr`` as an int, or raise AudioError when it is not an integer between ``MIN_SAMPLE_RATE`` and
-    ``MAX_SAMPLE_RATE`` Hz (a rate of 1 Hz would make a 3-second clip hours long at 22 kHz)."""
+    ``MAX_SAMPLE_RATE`` Hz (a rate of 1 Hz would make a 3-second clip hours long at 22 kHz). ``file``: the rate
+    is a file's header, ``name`` the file."""
     try:
         ok = not isinstance(sr, bool) and math.isfinite(sr) and int(sr) == sr
     except TypeError:
@@ -87,10 +95,12 @@ def check_sample_rate(sr: float, name: str = "audio") -> int:
     if not ok:
         raise AudioError(f"{name}: sample rate must be an integer number of Hz, got {sr!r}")
     if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
-        raise AudioError(
-            f"{name}: sample rate {sr!r} Hz is outside {MIN_SAMPLE_RATE:,}-{MAX_SAMPLE_RATE:,} Hz; pass the rate "
-            "the audio was recorded at, e.g. get_embedding(audio, 44100)"
+        hint = (
+            "its header is damaged, or the file must be resampled into that range first"
+            if file
+            else "pass the rate the audio was recorded at, e.g. get_embedding(audio, 44100)"
         )
+        raise AudioError(f"{name}: sample rate {sr!r} Hz is outside {MIN_SAMPLE_RATE:,}-{MAX_SAMPLE_RATE:,} Hz; {hint}")
     return int(sr)
 
 

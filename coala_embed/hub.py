@@ -176,6 +176,7 @@ def load_model(
         raise CheckpointError(f"{folder / WEIGHTS_NAME}: wrong tensor shapes: {'; '.join(bad[:5])}")
     model.load_state_dict(state, strict=True)
     model.source = str(weights or os.environ.get(ENV_WEIGHTS) or folder)
+    model.config_sha256 = sha256_file(folder / CONFIG_NAME)  # front-end and vocabulary: manifests record it too
     model.eval()
     if optimize:
         model.optimize()

@@ -101,6 +101,7 @@ class CoalaModel(nn.Module):
     scaler_min: torch.Tensor
     scaler_scale: torch.Tensor
     source: str | None = None  # where load_model found the weights (folder or Hub repo)
+    config_sha256: str | None = None  # sha256 of the checkpoint's config.json, when load_model read one
 
     def __init__(self, config: CoalaConfig) -> None:
         super().__init__()

@@ -174,12 +174,25 @@ def test_one_clip_vector_function():
     from coala_embed.api import clip_vector
 
     frames = np.random.default_rng(0).standard_normal((7, 5)).astype(np.float32)
-    np.testing.assert_array_equal(clip_vector(frames), frames.mean(axis=0))
+    np.testing.assert_allclose(clip_vector(frames), frames.mean(axis=0), rtol=1e-6, atol=1e-7)
     ms = clip_vector(frames, "meanstd")
-    assert ms.shape == (10,)
-    np.testing.assert_array_equal(ms[5:], frames.std(axis=0))
+    assert ms.shape == (10,) and ms.dtype == np.float32
+    np.testing.assert_allclose(ms[5:], frames.std(axis=0), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="stat must be"):
         clip_vector(frames, "max")
+
+
+@pytest.mark.parametrize("stat", ["mean", "meanstd"])
+def test_the_clip_vector_from_parts_equals_the_whole(stat):
+    """What the command line computes for a long file, block by block without keeping the patches' readout."""
+    from coala_embed.api import ClipAccumulator, clip_vector
+
+    frames = np.random.default_rng(1).standard_normal((500, 6)).astype(np.float32) + 3
+    acc = ClipAccumulator(stat)
+    for a in range(0, 500, 37):
+        acc.add(frames[a : a + 37])
+    assert acc.n == 500
+    np.testing.assert_allclose(acc.vector(), clip_vector(frames, stat), rtol=1e-6, atol=1e-7)
 
 
 def test_the_z_max_clip_vector_everywhere(tmp_path):

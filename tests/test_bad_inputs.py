@@ -26,6 +26,10 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 # ------------------------------------------------------------------------------------------------ the API
 API_ERRORS = {
+    "int64 samples (no PCM scale)": (np.arange(30_000, dtype=np.int64), SR, "int64 samples have no PCM scale"),
+    "uint64 samples": (np.arange(30_000, dtype=np.uint64), SR, "uint64 samples have no PCM scale"),
+    "a list of Python ints": ([0, 1, -1] * 10_000, SR, "a list of Python ints becomes int64"),
+    "a torch int64 tensor": (torch.arange(30_000), SR, "int64 samples have no PCM scale"),
     "empty array": (np.zeros(0, np.float32), SR, "empty"),
     "zero channels": (np.zeros((0, 100), np.float32), SR, "empty"),
     "NaN": (np.array([0.0, np.nan] * 100, np.float32), SR, "NaN or Inf"),
@@ -124,8 +128,16 @@ def _link_loop(path):
     other.symlink_to(path)
 
 
+def _truncated_mp3_header(path):
+    sf.write(path, noise(1.0, sr=44_100), 44_100, format="MP3")
+    path.write_bytes(path.read_bytes()[:100])
+
+
 BAD_FILES = {
     "empty.wav": (lambda p: p.write_bytes(b""), "not readable as audio"),
+    "header.mp3": (_truncated_mp3_header, "its header is damaged or truncated (100 bytes)"),
+    "500hz.wav": (lambda p: sf.write(p, noise(3.0, sr=500), 500), "sample rate 500 Hz is outside 1,000-1,000,000"),
+    "2mhz.wav": (lambda p: sf.write(p, noise(0.2, sr=2_000_000), 2_000_000), "outside 1,000-1,000,000 Hz"),
     "zero_frames.wav": (_zero_frames_wav, "no samples"),
     "truncated.flac": (_truncated_flac, ""),  # libsndfile may read part of it: then it must be embedded
     "random.wav": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4000)), "not readable as audio"),
@@ -308,3 +320,247 @@ def test_a_write_failure_mid_run_exits_3_without_hanging_the_decoders(tmp_path, 
     assert not t.is_alive(), "the run hung after the write failure"
     r = out["r"]
     assert r.exit_code == 3 and "No space left on device" in r.output and "--resume" in r.output, r.output
+
+
+def test_a_list_of_floats_is_audio(model):
+    x = noise(3.0)
+    np.testing.assert_allclose(get_embedding(x.tolist(), SR, model=model), get_embedding(x, SR, model=model), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ no silent wrong result
+def test_embed_files_takes_a_folder_or_a_file_path(model, tmp_path):
+    from coala_embed import embed_files
+
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    sf.write(tmp_path / "d" / "a.wav", noise(2.0), SR)
+    sf.write(tmp_path / "d" / "sub" / "b.flac", noise(2.0, seed=1), SR)
+    got = list(embed_files(str(tmp_path / "d"), model=model))
+    assert [os.path.relpath(p, tmp_path / "d") for p, _ in got] == ["a.wav", "sub/b.flac"]
+    assert all(not isinstance(e, Exception) for _, e in got)
+    one = list(embed_files(tmp_path / "d" / "a.wav", model=model))  # a PathLike: one file, not its characters
+    assert len(one) == 1 and np.allclose(one[0][1].clip, got[0][1].clip)
+
+
+def _collection_of(tmp_path, weights, name="feats.npy", n=2):
+    folder = tmp_path / f"audio_{name}"
+    folder.mkdir()
+    for i in range(n):
+        sf.write(folder / f"s{i}.wav", noise(2.0, seed=i), SR)
+    out = tmp_path / name
+    assert _run(folder, "-o", out, "--weights", weights, "-q").exit_code == 0
+    return out, folder
+
+
+def test_outputs_of_map_and_merge_never_overwrite_their_inputs_and_need_f(tmp_path, weights_dir):
+    pytest.importorskip("sklearn")
+    feats, _ = _collection_of(tmp_path, weights_dir, n=3)
+    manifest = tmp_path / "feats.manifest.json"
+    before = (feats.read_bytes(), manifest.read_bytes())
+    for target in (feats, manifest):
+        for force in ([], ["-f"]):
+            r = _run("map", feats, "-o", target, "--weights", weights_dir, *force)
+            assert r.exit_code == 2 and "which this command reads" in r.output, r.output
+    r = _run("map", feats, "-o", tmp_path / "m.html", "--png", feats, "--weights", weights_dir, "-f")
+    assert r.exit_code == 2 and "which this command reads" in r.output, r.output
+    assert (feats.read_bytes(), manifest.read_bytes()) == before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    r = _run("map", feats, "-o", notes, "--weights", weights_dir)
+    assert r.exit_code == 2 and "exists; add -f" in r.output and notes.read_text() == "mine"
+    assert _run("map", feats, "-o", notes, "--weights", weights_dir, "-f", "--projection", "pca").exit_code == 0
+    # merge: the output is never one of the shards, even with -f
+    folder = tmp_path / "audio_feats.npy"
+    parts = [tmp_path / f"p{k}.npy" for k in (1, 2)]
+    for k, part in enumerate(parts, 1):
+        assert _run(folder, "-o", part, "--shard", f"{k}/2", "--weights", weights_dir, "-q").exit_code == 0
+    shard1 = parts[0].read_bytes()
+    r = _run("merge", "-o", parts[0], *parts, "-f")
+    assert r.exit_code == 2 and "which this command reads" in r.output and parts[0].read_bytes() == shard1
+
+
+def test_search_and_neighbours_refuse_rows_of_another_checkpoint(tmp_path, weights_dir):
+    import shutil
+
+    from conftest import random_model
+
+    from coala_embed import save_pretrained
+
+    other = tmp_path / "other"
+    save_pretrained(random_model(seed=1), other, trained=False)
+    feats, folder = _collection_of(tmp_path, weights_dir)
+    probe = tmp_path / "probe.wav"
+    sf.write(probe, noise(2.0, seed=9), SR)
+    for args in (["search", feats, "tag1"], ["neighbours", feats, probe]):
+        r = _run(*args, "--weights", other)
+        assert r.exit_code == 2 and str(other) in r.output and str(weights_dir) in r.output, r.output
+        assert "--any-model" in r.output
+        assert _run(*args, "--weights", other, "--any-model").exit_code == 0
+        assert _run(*args, "--weights", weights_dir).exit_code == 0
+    # the same weights with an edited config.json (another front-end) are another checkpoint too
+    edited = tmp_path / "edited"
+    shutil.copytree(weights_dir, edited)
+    cfg = json.loads((edited / "config.json").read_text())
+    cfg["frontend"]["pad_noise"] = 0.01
+    (edited / "config.json").write_text(json.dumps(cfg))
+    r = _run("search", feats, "tag1", "--weights", edited)
+    assert r.exit_code == 2 and "config.json sha256" in r.output, r.output
+
+
+def test_the_manifest_records_the_config_beside_the_weights(tmp_path, weights_dir):
+    import hashlib
+
+    feats, _ = _collection_of(tmp_path, weights_dir)
+    model = json.loads((tmp_path / "feats.manifest.json").read_text())["model"]
+    assert model["config_sha256"] == hashlib.sha256((weights_dir / "config.json").read_bytes()).hexdigest()
+
+
+def _interrupted_run(tmp_path, monkeypatch, folder, out, *args):
+    """A run that stops with a full disk after its first batch of files is journaled; returns the done files."""
+    import coala_embed.batch as batch_mod
+
+    real = batch_mod._State.append
+    calls = {"n": 0}
+
+    def append_then_fail(self, results):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError(28, "No space left on device")
+        real(self, results)
+
+    with monkeypatch.context() as m:
+        m.setattr(batch_mod._State, "append", append_then_fail)
+        r = _run(folder, "-o", out, "-q", "--batch-size", "1", "--workers", "1", *args)
+    assert r.exit_code == 3, r.output
+    log = out.with_name(out.name + ".partial") / "log.jsonl"
+    return [json.loads(line)["path"] for line in log.read_text().splitlines()]
+
+
+def test_resume_re_embeds_a_file_that_changed_since(tmp_path, weights_dir, monkeypatch, model):
+    from coala_embed import embed_file
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        sf.write(folder / f"s{i}.wav", noise(2.0, seed=i), SR)
+    out = tmp_path / "f.npy"
+    done = _interrupted_run(tmp_path, monkeypatch, folder, out, "--weights", weights_dir)
+    assert done, "nothing was journaled before the failure"
+    changed = done[0]
+    sf.write(changed, sine(700, 3.0), SR)  # new content, new size
+    r = _run(folder, "-o", out, "-q", "--weights", weights_dir, "--resume")
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.with_name("f.manifest.json").read_text())
+    assert [f["path"] for f in m["files"]] == sorted(str(p) for p in folder.iterdir())  # no duplicate, no gap
+    row = next(f["row"] for f in m["files"] if f["path"] == changed)
+    np.testing.assert_allclose(np.load(out)[row], embed_file(changed, model=model).clip, atol=1e-5)
+    assert np.load(out).shape[0] == 3
+
+
+def test_resume_with_other_settings_or_an_edited_config_is_refused(tmp_path, weights_dir, monkeypatch):
+    import shutil
+
+    from coala_embed.device import resolve_precision
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        sf.write(folder / f"s{i}.wav", noise(2.0, seed=i), SR)
+    out = tmp_path / "f.npy"
+    _interrupted_run(tmp_path, monkeypatch, folder, out, "--weights", weights_dir, "--precision", "fp32")
+    r = _run(folder, "-o", out, "-q", "--weights", weights_dir, "--resume", "--precision", "bf16")
+    if resolve_precision("bf16", torch.device("cpu")) == "bf16":  # bf16 would run: the rows would mix precisions
+        assert r.exit_code == 2 and "other inputs, model or options" in r.output, r.output
+    else:  # bf16 falls back to fp32 here, so the resumed run is the same run
+        assert r.exit_code == 0 and json.loads((tmp_path / "f.manifest.json").read_text())["precision"] == "fp32"
+        return
+    edited = tmp_path / "edited"
+    shutil.copytree(weights_dir, edited)
+    cfg = json.loads((edited / "config.json").read_text())
+    cfg["frontend"]["pad_noise"] = 0.01
+    (edited / "config.json").write_text(json.dumps(cfg))
+    r = _run(folder, "-o", out, "-q", "--weights", edited, "--resume", "--precision", "fp32")
+    assert r.exit_code == 2 and "other inputs, model or options" in r.output, r.output
+
+
+def test_a_full_disk_at_the_manifest_leaves_no_half_output(tmp_path, weights_dir, monkeypatch):
+    import pathlib
+
+    import coala_embed.files as files_mod
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "a.wav", noise(2.0), SR)
+    out = tmp_path / "f.npy"
+    real = pathlib.Path.write_text
+
+    def short_write(self, *a, **k):
+        if "manifest" in self.name:  # numpy-style: a short write with no errno, on a disk with no space left
+            raise OSError("34944 requested and 12256 written")
+        return real(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(pathlib.Path, "write_text", short_write)
+        m.setattr(files_mod.shutil, "disk_usage", lambda p: type("u", (), {"free": 0})())
+        r = _run(folder, "-o", out, "-q", "--weights", weights_dir)
+    assert r.exit_code == 3 and "the disk is full" in r.output and "f.manifest.json" in r.output, r.output
+    assert not out.exists() and not (tmp_path / "f.manifest.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".f.")] == []  # no temporary file left
+    r = _run(folder, "-o", out, "-q", "--weights", weights_dir, "--resume")
+    assert r.exit_code == 0 and np.load(out).shape == (1, 1152), r.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, weights_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(40):
+        sf.write(folder / f"s{i:02d}.wav", noise(20.0, seed=i), SR)
+    out = tmp_path / "f.npy"
+    cmd = [sys.executable, "-m", "coala_embed", str(folder), "-o", str(out), "--weights", str(weights_dir), "-q",
+           "--batch-size", "2"]  # fmt: skip
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "f.npy.partial" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.stat().st_size):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "--resume" in err and "Aborted" not in err, err
+    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert np.load(out).shape[0] == 40
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_max_hours_must_be_a_positive_number(tmp_path, weights_dir, value):
+    sf.write(tmp_path / "a.wav", noise(1.0), SR)
+    r = _run(tmp_path / "a.wav", "-o", tmp_path / "f.npy", "--weights", weights_dir, "--max-hours", value)
+    assert r.exit_code == 2 and "--max-hours" in r.output and "above 0" in r.output, r.output
+
+
+def test_frames_into_an_npy_name_says_which_name_to_use(tmp_path, weights_dir):
+    sf.write(tmp_path / "a.wav", noise(1.0), SR)
+    for extra in ([], ["--format", "npz"]):
+        r = _run(tmp_path / "a.wav", "-o", tmp_path / "x.npy", "--frames", "--weights", weights_dir, *extra)
+        assert r.exit_code == 2 and f"use -o {tmp_path / 'x.npz'}" in r.output, r.output
+
+
+def test_neighbours_of_a_collection_with_nothing_else_says_so(tmp_path, weights_dir):
+    feats, folder = _collection_of(tmp_path, weights_dir, n=1)
+    only = json.loads((tmp_path / "feats.manifest.json").read_text())["files"][0]["path"]
+    r = CliRunner().invoke(main, ["neighbours", str(feats), only, "--weights", str(weights_dir)])
+    assert r.exit_code == 0 and "no other file to compare" in r.output, r.output
+
+
+def test_a_folder_named_like_a_command_gets_a_hint(tmp_path, weights_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tags").mkdir()
+    sf.write(tmp_path / "tags" / "a.wav", noise(1.0), SR)
+    r = _run("tags", "-o", "t.npy")
+    assert r.exit_code == 2 and "coala-embed embed tags" in r.output, r.output
+    assert _run("embed", "tags", "-o", "t.npy", "--weights", weights_dir, "-q").exit_code == 0

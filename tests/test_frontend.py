@@ -146,6 +146,24 @@ def test_streaming_equals_whole_signal(pooling, hop):
     np.testing.assert_allclose(np.concatenate([p.starts for p in parts]), ref.starts)
 
 
+def test_a_fine_hop_streams_in_shorter_blocks_with_the_same_patches(tmp_path):
+    """With --hop 2 a file is cut block by block past two short blocks (memory stays flat), into the same
+    patches as the whole signal."""
+    from dataclasses import replace
+
+    from coala_embed.api import _stream_threshold, file_patches, resample, stream_block_seconds
+
+    cfg = replace(CFG, chunk_hop=2)
+    assert stream_block_seconds(CFG) == 60.0 and 5.0 <= stream_block_seconds(cfg) < 15.0
+    assert _stream_threshold(CFG) == 120.0 and _stream_threshold(cfg) < 30.0
+    x = noise(31.0, sr=16_000, seed=4)
+    sf.write(tmp_path / "a.wav", x, 16_000, subtype="FLOAT")
+    got = file_patches(tmp_path / "a.wav", cfg)
+    ref = patches_from_audio(resample(x, 16_000, cfg.sample_rate), cfg)
+    assert got.patches.shape == ref.patches.shape and len(ref.patches) > 600
+    torch.testing.assert_close(got.patches, ref.patches, rtol=0, atol=1e-4)
+
+
 def test_to_mono_channel_axis():
     x = np.stack([np.ones(1000), -np.ones(1000) * 3])
     np.testing.assert_allclose(to_mono(x), -1.0)  # [channels, samples]
