@@ -364,6 +364,22 @@ def test_selection_across_seeds_links_the_best_run(tmp_path, monkeypatch):
         sel.select_across(tmp_path, list(means), 8, 2, "ae_c")
 
 
+def test_every_table_states_the_margin_over_random_weights_per_recipe():
+    from training.evaluate import markdown
+
+    rows = []
+    for emb, accs in (("ae_c", (0.9, 0.8)), ("random", (0.85, 0.82)), ("mfcc", (0.7, 0.6))):
+        for recipe in ("signal", "signal_zmax") if emb != "mfcc" else ("-",):
+            shift = 0.05 if recipe == "signal_zmax" else 0.0
+            for task, acc in zip(("digits", "events"), accs):
+                rows.append({"embedding": emb, "recipe": recipe, "task": task, "mlp_mean": acc + shift,
+                             "mlp_std": 0.0, "logreg": acc})  # fmt: skip
+    text = markdown({"rows": rows, "split": "val", "seeds": 3, "date": "today", "machine": "here"})
+    assert "| ae_c - random | signal | +5.0 | -2.0 | +1.50 |" in text
+    assert "| ae_c - random | signal_zmax | +5.0 | -2.0 | +1.50 |" in text
+    assert "mfcc - random" not in text
+
+
 def test_seed_groups_are_the_mean_and_spread_over_the_runs():
     from training.evaluate import markdown, seed_groups
 

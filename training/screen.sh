@@ -44,6 +44,6 @@ if [ "$(done_samples)" -lt "$SAMPLES" ]; then
     min_samples="$SAMPLES" seed="$SEED" ${SET[@]+"${SET[@]}"} >> "$DATA/logs/$NAME.log" 2>&1
 fi
 LAST=$(cd "$DATA/runs/$NAME" && ls snapshot_epoch*.pt | sort -V | tail -1)
-$PY -m training.evaluate --model "$NAME:$LAST" --recipe signal --recipe signal_zmax --split val --seeds 0 \
+$PY -m training.evaluate --model "$NAME:$LAST" --model random --recipe signal --recipe signal_zmax --split val --seeds 0 \
   --out "$EVAL" >> "$DATA/logs/$NAME.log" 2>&1
 tail -2 "$EVAL/results_val.md" | sed "s/^/$NAME $LAST: /"
