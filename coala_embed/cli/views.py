@@ -1,0 +1,138 @@
+"""``coala-embed map``, ``neighbours`` and ``duplicates``: views of an embedded collection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import ANY_MODEL, DEVICE, FEATURES, boundary, check_model, check_new_file, collection, load, weights_option
+from .tags import MADE_FEATURES
+
+
+@click.command("map")
+@FEATURES
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The HTML page to write (one self-contained file).")  # fmt: skip
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with columns path,label to colour the points [default: top-level folder].")  # fmt: skip
+@click.option("--projection", type=click.Choice(["auto", "umap", "tsne", "pca"]), default="auto", show_default=True,
+              help="auto: t-SNE up to 20,000 points, else UMAP when umap-learn is installed, else PCA.")  # fmt: skip
+@click.option("--embed-audio", is_flag=True, help="Put the sounds into the page (small collections, up to 200 MB).")
+@click.option(
+    "--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a static picture (matplotlib)."
+)
+@click.option("--title", help="Page title [default: the features file and the number of sounds].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the projection.")
+@weights_option(MADE_FEATURES)
+@ANY_MODEL
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing page or picture.")
+@boundary
+def map_cmd(features, out, labels, projection, embed_audio, png, title, seed, weights, any_model, force) -> None:
+    """Draw the sounds of FEATURES (an output of `coala-embed`, read with its manifest) as an interactive 2-D map
+    in one HTML page: hover a point for its file, duration and top tags, click it to play the sound, type words
+    to keep the sounds whose tags or file names hold them. No network is needed to open the page; without
+    --embed-audio it plays the files from their place relative to the page.
+
+    \b
+    Example:
+      coala-embed sounds/ -o feats.npy && coala-embed map feats.npy -o map.html --png map.png"""
+    from ..batch import manifest_path
+    from ..soundmap import build_page, layout, read_labels, write_png
+
+    reads = [features, manifest_path(features), *([labels] if labels else [])]
+    check_new_file(out, force, reads)
+    if png:
+        check_new_file(png, force, [*reads, out])
+    coll = collection(features)
+    model = load(weights, "cpu")
+    check_model(coll, model, any_model)
+    lay = layout(coll, read_labels(labels, coll) if labels else None, projection, seed)
+    info = build_page(coll, out, lay, model=model, embed_audio=embed_audio, title=title)
+    if png:
+        write_png(coll, png, lay)
+    click.echo(
+        f"{out}: {info['points']:,} sounds, {info['groups']} groups, {info['method']} in {info['seconds']:.1f} s, "
+        f"{info['bytes'] / 2**20:.1f} MB" + (f"; {png}" if png else ""),
+        err=True,
+    )
+
+
+@click.command("neighbours")
+@FEATURES
+@click.argument("query")
+@click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Neighbours to list.")
+@weights_option(MADE_FEATURES)
+@DEVICE
+@ANY_MODEL
+@boundary
+def neighbours_cmd(features, query, top_k, weights, device, any_model) -> None:
+    """List the files of FEATURES most similar to QUERY: a file of the collection (its path as the manifest names
+    it, or its file name when that is unique) or any audio file, which is embedded first. Similarity is the cosine
+    of the clips' mean codes z (the first 1152 columns of a z+max row).
+
+    \b
+    Output: one line per neighbour, "COSINE  FILE", most similar first (QUERY itself is left out).
+    Example:
+      coala-embed neighbours feats.npy sounds/dog/bark1.wav -k 5"""
+
+    from ..collection import neighbours
+
+    coll = collection(features)
+    if len(coll) == 0:
+        raise click.UsageError(f"{features} holds no embedded files: there is nothing to compare {query} with")
+    rows = [i for i, p in enumerate(coll.paths) if p == query]
+    if not rows:
+        same = [i for i, p in enumerate(coll.paths) if Path(p).name == Path(query).name]
+        target = Path(query).absolute()
+        rows = [i for i in same if coll.resolve(i) == target] or (same if len(same) == 1 else [])
+    if rows:
+        vec = coll.z[rows[0]]
+    elif Path(query).is_file():
+        from ..api import embed_file
+
+        model = load(weights, device)
+        check_model(coll, model, any_model)
+        vec = embed_file(query, model=model).clip[: coll.z.shape[1]]
+        if vec.shape[-1] != coll.z.shape[1]:
+            raise click.UsageError(f"{query} embeds to {vec.shape[-1]} dimensions, {features} has {coll.z.shape[1]}")
+    else:
+        raise click.UsageError(f"{query} is neither a file of {features.name} nor an audio file")
+    if rows and len(coll) == 1:
+        click.echo(f"{features} holds only {query} itself: no other file to compare it with", err=True)
+        return
+    for i, sim in neighbours(coll.z, vec, top_k + len(rows[:1])):
+        if rows and i == rows[0]:
+            continue
+        click.echo(f"{sim:.4f}  {coll.paths[i]}")
+
+
+@click.command("duplicates")
+@FEATURES
+@click.option("--threshold", default=0.98, show_default=True, type=click.FloatRange(-1, 1),
+              help="Cosine similarity from which two files count as the same sound.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON (lists of paths).")
+@boundary
+def duplicates_cmd(features, threshold, as_json) -> None:
+    """Find groups of near-duplicates in FEATURES: files whose mean codes z have a cosine similarity of at least
+    --threshold (re-encodes, resampled copies, the same sound under two names).
+
+    \b
+    Output: one group per paragraph, largest first, "COSINE  FILE" per file (the similarity to the group's
+    first file). Exit status 0 whether or not duplicates were found. Example:
+      coala-embed duplicates feats.npy --threshold 0.99"""
+    import json
+
+    from ..collection import duplicates, normalized
+
+    coll = collection(features)
+    groups = duplicates(coll.z, threshold)
+    if as_json:
+        click.echo(json.dumps([[coll.paths[i] for i in g] for g in groups], indent=1))
+        return
+    x = normalized(coll.z)
+    for g in groups:
+        for i in g:
+            click.echo(f"{float(x[g[0]] @ x[i]):.4f}  {coll.paths[i]}")
+        click.echo("")
+    click.echo(f"{len(groups)} groups, {sum(map(len, groups))} files of {len(coll)}", err=True)
