@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import CheckpointError
 
-# The original's constants (SPEC.md section 1). One place, so that training and inference cannot drift.
+# The original's constants (docs/method.md section 1). One place, so that training and inference cannot drift.
 SAMPLE_RATE = 22_000  # Hz; not 22 050
 # Input sample rates accepted by the API: below 1 kHz there is no audio to speak of in the 0-11 kHz mel bands
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 1_000_000
@@ -32,7 +32,7 @@ CLIP_STATS = ("mean", "meanstd")
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    """Waveform -> log-mel patch settings (SPEC.md section 1).
+    """Waveform -> log-mel patch settings (docs/method.md section 1).
 
     ``pooling`` chooses how a clip is cut into patches:
     ``"original"`` pads clips of up to ``pad_seconds`` to that length with dither noise and keeps every
@@ -72,7 +72,7 @@ class FrontendConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Audio encoder dimensions (SPEC.md section 3.1)."""
+    """Audio encoder dimensions (docs/method.md section 3.1)."""
 
     channels: int = 128
     n_blocks: int = 5

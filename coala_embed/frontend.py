@@ -1,4 +1,4 @@
-"""Waveform -> log-mel patches: mono, resample, pad, STFT, Slaney mel, log, chunking (SPEC.md section 1)."""
+"""Waveform -> log-mel patches: mono, resample, pad, STFT, Slaney mel, log, chunking (docs/method.md section 1)."""
 
 from __future__ import annotations
 
@@ -244,7 +244,7 @@ def pad(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     """Pad mono audio at the model rate as the pooling mode requires, and dither it.
 
     ``original``: clips of up to ``pad_seconds`` are zero-padded to that length and the whole buffer gets
-    the dither (SPEC.md 1.2); longer clips are left as they are, with no noise. ``signal``: clips shorter
+    the dither (docs/method.md 1.2); longer clips are left as they are, with no noise. ``signal``: clips shorter
     than one patch are zero-padded to one patch; every clip gets the dither over its whole length. The
     dither is seeded, so the same clip always gives the same patches.
     """
@@ -262,7 +262,7 @@ def pad(audio: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
 
 
 def patches_from_audio(audio: np.ndarray, cfg: FrontendConfig, device: str | torch.device | None = None) -> Patches:
-    """Cut mono audio at the model rate into unscaled log-mel patches (SPEC.md 1.6), the log-mel computed on
+    """Cut mono audio at the model rate into unscaled log-mel patches (docs/method.md 1.6), the log-mel computed on
     ``device`` (the CPU by default), where the patches are returned."""
     duration = audio.shape[0] / cfg.sample_rate
     spec = log_mel(pad(audio, cfg), cfg, device)

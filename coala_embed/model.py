@@ -1,4 +1,4 @@
-"""The COALA audio and tag encoders (SPEC.md section 3), built from config only; no I/O."""
+"""The COALA audio and tag encoders (docs/method.md section 3), built from config only; no I/O."""
 
 from __future__ import annotations
 
@@ -109,7 +109,7 @@ class CoalaModel(nn.Module):
         frames = config.frontend.patch_frames
         self.audio = AudioEncoder(config.model)
         self.tag = TagEncoder(config.model.n_tags, config.model) if config.model.n_tags else None
-        # x_scaled[m, t] = x[m, t] * scale[t] + min[t]: the original scaler works per time column (SPEC 1.5).
+        # x_scaled[m, t] = x[m, t] * scale[t] + min[t]: the original scaler works per time column (docs/method.md 1.5).
         self.register_buffer("scaler_min", torch.zeros(frames))
         self.register_buffer("scaler_scale", torch.ones(frames))
         self._fast: nn.Sequential | None = None

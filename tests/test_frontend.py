@@ -1,4 +1,4 @@
-"""The front-end against librosa (SPEC.md section 1), padding and chunking, streaming."""
+"""The front-end against librosa (docs/method.md section 1), padding and chunking, streaming."""
 
 from __future__ import annotations
 

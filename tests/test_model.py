@@ -1,4 +1,4 @@
-"""The encoder against the original's layout (SPEC.md section 3) and the fast inference paths."""
+"""The encoder against the original's layout (docs/method.md section 3) and the fast inference paths."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ from .tags import build_vocabulary, drop_reason, multi_hot, normalize, path_toke
 log = logging.getLogger("training.corpus")
 MAX_SECONDS = 120.0  # longer files (music) are cut: enough patches, bounded memory
 MAX_DESC = 3000  # spoken stamp descriptions kept, so one voice does not dominate
-# The corpus's log-mels: the package's front-end with the original's 10-s padding (SPEC.md 1.2); recorded in
+# The corpus's log-mels: the package's front-end with the original's 10-s padding (docs/method.md 1.2); recorded in
 # the corpus folder (frontend.json), from which export builds the checkpoint's front-end
 CORPUS_FRONTEND = FrontendConfig(pooling="original")
 
@@ -142,7 +142,7 @@ def _features(args: tuple[str, FrontendConfig]) -> tuple[np.ndarray | None, dict
         peak = float(np.abs(audio).max())
         if peak < 1e-4:
             raise AudioError(f"{path}: silent")
-        # The original recipe: clips of up to 10 s padded to 10 s with the dither (SPEC.md 1.2).
+        # The original recipe: clips of up to 10 s padded to 10 s with the dither (docs/method.md 1.2).
         padded = pad(audio, cfg)
         spec = log_mel(padded, cfg).numpy().astype(np.float16)
         signal = 1 + len(audio) // cfg.hop_length
@@ -307,7 +307,7 @@ def build(
     has_tag = labels.sum(axis=1) > 0
     rows, labels = [r for r, h in zip(rows, has_tag) if h], labels[has_tag]
     val = split(labels)
-    # Scaler on the training split's max-energy patches only (SPEC.md 1.5).
+    # Scaler on the training split's max-energy patches only (docs/method.md 1.5).
     starts = [
         r["offset"] + max_energy_start(logmel[:, r["offset"] : r["offset"] + r["frames"]].astype(np.float32))
         for r in rows

@@ -1,4 +1,4 @@
-"""The paper's downstream evaluation (SPEC.md section 7) on the held-out tasks of ``training/tasks.py``.
+"""The paper's downstream evaluation (docs/method.md section 7) on the held-out tasks of ``training/tasks.py``.
 
 For each embedding (a trained run or exported folder, the same encoder with random weights, the MFCC
 baseline) and each clip recipe (pooling mode, patch hop, mean or mean+std of the patch embeddings):
@@ -116,7 +116,7 @@ def cached_features(task: str, rows: list[dict], model: CoalaModel, cache: Path,
 
 
 def mfcc_features(task: str, rows: list[dict], cache: Path) -> np.ndarray:
-    """The MFCC baseline exactly as SPEC.md 7.3: 20 MFCCs (n_fft 2048, hop 512, 128 mels, dB) + deltas,
+    """The MFCC baseline exactly as docs/method.md 7.3: 20 MFCCs (n_fft 2048, hop 512, 128 mels, dB) + deltas,
     mean and variance of each over time: 120-d; audio at 22 kHz, no padding."""
     f = task_cache(cache, task, rows) / "mfcc.npy"
     if f.exists():

@@ -1,4 +1,4 @@
-"""The paper's losses (SPEC.md section 4), computed in float32 whatever the autocast dtype."""
+"""The paper's losses (docs/method.md section 4), computed in float32 whatever the autocast dtype."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training-only networks (SPEC.md section 3): AudioDecoder, TagDecoder and the CNN tagger baseline.
+"""Training-only networks (docs/method.md section 3): AudioDecoder, TagDecoder and the CNN tagger baseline.
 
 The encoders come from ``coala_embed.model``, so training and inference share one definition."""
 

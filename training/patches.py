@@ -1,4 +1,4 @@
-"""Training patches from stored log-mels: the max-energy patch (SPEC.md 1.4), multi-patch windows, the
+"""Training patches from stored log-mels: the max-energy patch (docs/method.md 1.4), multi-patch windows, the
 scaler fit, and the original HDF5 layout (``dataset/{data,label,id}``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Raw tags from paths and texts, and the paper's tag processing and vocabulary (SPEC.md section 2.2-2.3)."""
+"""Raw tags from paths and texts, and the paper's tag processing and vocabulary (docs/method.md section 2.2-2.3)."""
 
 from __future__ import annotations
 

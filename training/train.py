@@ -1,4 +1,4 @@
-"""Train AE-C, E-C or the CNN tagger baseline on the corpus (SPEC.md sections 4-5), resumably.
+"""Train AE-C, E-C or the CNN tagger baseline on the corpus (docs/method.md sections 4-5), resumably.
 
     python -m training.train training/configs/ae_c.json [--data DIR] [--out DIR] [--set key=value ...]
     torchrun --nproc-per-node 2 -m training.train training/configs/ae_c.json   # DistributedDataParallel
