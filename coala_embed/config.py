@@ -87,7 +87,7 @@ class ClipConfig:
 
     ``readout`` is the per-patch vector that the statistic runs over: ``"z"``, the paper's code (``[1152]``), or
     ``"z+max"``, z beside each channel's maximum over the feature map of every convolution block but the last
-    (``[1152 + 4 * 128]``: small CNNs keep timbre and speaker cues below the bottleneck; README "Deviations").
+    (``[1152 + 4 * 128]``: small CNNs keep timbre and speaker cues below the bottleneck; docs/deviations.md).
     ``stat`` is ``"mean"`` over the patches (the paper's) or ``"meanstd"`` (mean and standard deviation).
     """
 

@@ -406,7 +406,7 @@ def test_default_workers_follow_the_cores_and_the_device():
 
 
 def test_the_bundled_checkpoint_ships_z_max_and_readout_z_gives_the_paper_s_vector(tmp_path):
-    """The shipped config's clip vector is z+max (1664 columns; README "Deviations"); ``--readout z`` gives the
+    """The shipped config's clip vector is z+max (1664 columns; docs/deviations.md); ``--readout z`` gives the
     paper's mean of z, which is the first 1152 columns of it."""
     from pathlib import Path
 
