@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,10 +140,25 @@ def duplicates(embeddings: np.ndarray, threshold: float = 0.98, block: int = 204
     row linked to another of it by such a pair); largest groups first, rows in order.
 
     Compares every pair in blocks of ``block`` rows: ``N**2 * D / 2`` multiply-adds (``bench/soundmap.py`` times
-    it).
+    it); ``coala_embed.index.duplicate_pairs`` proposes the pairs from an index instead, for :func:`group_pairs`.
     """
+    return group_pairs(len(embeddings), exact_pairs(embeddings, threshold, block))
+
+
+def exact_pairs(embeddings: np.ndarray, threshold: float, block: int = 2048) -> Iterator[tuple[int, int]]:
+    """Every pair ``(i, j)``, ``i < j``, whose cosine similarity is at least ``threshold``."""
     x = normalized(embeddings)
-    parent = list(range(len(x)))
+    for a in range(0, len(x), block):
+        sims = x[a : a + block] @ x[a:].T  # only pairs (i, j) with j >= i
+        ii, jj = np.nonzero(sims >= threshold)
+        for i, j in zip((ii + a).tolist(), (jj + a).tolist()):
+            if j > i:
+                yield i, j
+
+
+def group_pairs(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """The connected groups (two rows or more) of ``n`` rows linked by ``pairs``; largest first, rows in order."""
+    parent = list(range(n))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -150,16 +166,12 @@ def duplicates(embeddings: np.ndarray, threshold: float = 0.98, block: int = 204
             i = parent[i]
         return i
 
-    for a in range(0, len(x), block):
-        sims = x[a : a + block] @ x[a:].T  # only pairs (i, j) with j >= i
-        ii, jj = np.nonzero(sims >= threshold)
-        for i, j in zip((ii + a).tolist(), (jj + a).tolist()):
-            if j > i:
-                ri, rj = find(i), find(j)
-                if ri != rj:
-                    parent[max(ri, rj)] = min(ri, rj)
+    for i, j in pairs:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
     groups: dict[int, list[int]] = {}
-    for row in range(len(x)):
+    for row in range(n):
         groups.setdefault(find(row), []).append(row)
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
 

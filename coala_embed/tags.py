@@ -140,6 +140,12 @@ def query_vector(model: CoalaModel, query: str | Sequence[str]) -> torch.Tensor:
 
 
 @torch.inference_mode()
+@torch.inference_mode()
+def query_projection(model: CoalaModel, query: str | Sequence[str]) -> torch.Tensor:
+    """A text query's tag projection ``[1, 1152]`` in the co-aligned space (what :func:`search` ranks rows by)."""
+    return model.tag_projection(query_vector(model, query)).float()
+
+
 def search(
     query: str | Sequence[str], embeddings: np.ndarray, *, model: CoalaModel | None = None, top_k: int = 10
 ) -> list[tuple[int, float]]:
@@ -149,7 +155,7 @@ def search(
         ``[(row, score), ...]``, the ``top_k`` best rows by cosine similarity of projections.
     """
     model = _model(model, None)
-    q = model.tag_projection(query_vector(model, query)).float()
+    q = query_projection(model, query)
     scores = _cosine(audio_projections(model, embeddings), q)[:, 0].cpu()
     best = torch.topk(scores, min(top_k, len(scores)))
     return [(int(i), float(s)) for s, i in zip(best.values, best.indices)]

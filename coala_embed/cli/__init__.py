@@ -1,7 +1,7 @@
 """The ``coala-embed`` command: parse the arguments, call the package, write the outputs.
 
 One module per topic: ``embed`` (the default command, and ``merge``), ``tags`` (``tags``, ``search``, ``vocab``),
-``views`` (``map``, ``neighbours``, ``duplicates``), ``convert``; ``common`` holds the error boundary and the
+``views`` (``map``, ``neighbours``, ``duplicates``, ``index``), ``convert``; ``common`` holds the error boundary and the
 options they share. Heavy imports (torch, the model) happen inside the commands, so ``--help`` is fast.
 """
 
@@ -58,6 +58,7 @@ def main() -> None:
       coala-embed map feats.npy -o map.html          an interactive map of the collection
       coala-embed neighbours feats.npy dog.wav       the most similar embedded files
       coala-embed duplicates feats.npy               groups of near-duplicate files
+      coala-embed index feats.npy                    an index for a million sounds (the [index] extra)
       coala-embed convert --audio-encoder a.pt ...   the authors' checkpoints to safetensors
 
     Run `coala-embed embed --help` for all options of the default command.
@@ -67,8 +68,8 @@ def main() -> None:
 from .convert import convert_cmd  # noqa: E402  (the commands, registered on the group below)
 from .embed import embed_cmd, merge_cmd  # noqa: E402
 from .tags import search_cmd, tags_cmd, vocab_cmd  # noqa: E402
-from .views import duplicates_cmd, map_cmd, neighbours_cmd  # noqa: E402
+from .views import duplicates_cmd, index_cmd, map_cmd, neighbours_cmd  # noqa: E402
 
 for _command in (embed_cmd, merge_cmd, tags_cmd, search_cmd, vocab_cmd, map_cmd, neighbours_cmd, duplicates_cmd,
-                 convert_cmd):  # fmt: skip
+                 index_cmd, convert_cmd):  # fmt: skip
     main.add_command(_command)

@@ -73,6 +73,9 @@ ANY_MODEL = click.option(
     help="Use the checkpoint even when the manifest says another one made FEATURES (scores then mean little).",
 )
 FORCE = click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs.")
+EXACT = click.option(
+    "--exact", is_flag=True, help="Compare every row (brute force) even where an index of FEATURES exists."
+)
 
 
 def load(weights: str | None, device: str):

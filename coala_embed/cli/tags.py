@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import ANY_MODEL, DEVICE, EXIT_FAILED_FILES, FEATURES, boundary, check_model, load, weights_option
+from .common import ANY_MODEL, DEVICE, EXACT, EXIT_FAILED_FILES, FEATURES, boundary, check_model, load, weights_option
 
 MADE_FEATURES = "The checkpoint that made FEATURES"
 
@@ -68,8 +68,9 @@ def tags_cmd(files, top_k, weights, device, as_json, method) -> None:
 @weights_option(MADE_FEATURES)
 @DEVICE
 @ANY_MODEL
+@EXACT
 @boundary
-def search_cmd(features, query, top_k, weights, device, any_model) -> None:
+def search_cmd(features, query, top_k, weights, device, any_model, exact) -> None:
     """Rank the files embedded in FEATURES (a .npy/.npz from `coala-embed`, with its manifest) by QUERY,
     words of the tag vocabulary (`coala-embed vocab` lists them).
 
@@ -89,7 +90,16 @@ def search_cmd(features, query, top_k, weights, device, any_model) -> None:
     model = load(weights, device)
     if coll is not None:
         check_model(coll, model, any_model)
-    hits = search(query, emb, model=model, top_k=top_k)
+    from .. import index
+
+    ix = None if exact or coll is None else index.load(coll, "projection")
+    if ix is None:
+        hits = search(query, emb, model=model, top_k=top_k)
+    else:
+        from ..tags import query_projection
+
+        sims, found = index.knn(ix, query_projection(model, query).cpu().numpy(), min(top_k, len(emb)))
+        hits = [(int(i), float(v)) for i, v in zip(found[0], sims[0]) if i >= 0]
     for row, score in hits:
         click.echo(f"{score:.3f}  {paths.get(row, f'row {row}')}")
 

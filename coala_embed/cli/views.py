@@ -6,7 +6,18 @@ from pathlib import Path
 
 import click
 
-from .common import ANY_MODEL, DEVICE, FEATURES, boundary, check_model, check_new_file, collection, load, weights_option
+from .common import (
+    ANY_MODEL,
+    DEVICE,
+    EXACT,
+    FEATURES,
+    boundary,
+    check_model,
+    check_new_file,
+    collection,
+    load,
+    weights_option,
+)
 from .tags import MADE_FEATURES
 
 
@@ -65,8 +76,9 @@ def map_cmd(features, out, labels, projection, embed_audio, png, title, seed, we
 @weights_option(MADE_FEATURES)
 @DEVICE
 @ANY_MODEL
+@EXACT
 @boundary
-def neighbours_cmd(features, query, top_k, weights, device, any_model) -> None:
+def neighbours_cmd(features, query, top_k, weights, device, any_model, exact) -> None:
     """List the files of FEATURES most similar to QUERY: a file of the collection (its path as the manifest names
     it, or its file name when that is unique) or any audio file, which is embedded first. Similarity is the cosine
     of the clips' mean codes z (the first 1152 columns of a z+max row).
@@ -101,7 +113,16 @@ def neighbours_cmd(features, query, top_k, weights, device, any_model) -> None:
     if rows and len(coll) == 1:
         click.echo(f"{features} holds only {query} itself: no other file to compare it with", err=True)
         return
-    for i, sim in neighbours(coll.z, vec, top_k + len(rows[:1])):
+    from .. import index
+
+    ix = None if exact else index.load(coll)
+    k = min(len(coll), top_k + len(rows[:1]))
+    if ix is None:
+        hits = neighbours(coll.z, vec, k)
+    else:
+        sims, found = index.knn(ix, vec, k)
+        hits = [(int(i), float(v)) for i, v in zip(found[0], sims[0]) if i >= 0]
+    for i, sim in hits:
         if rows and i == rows[0]:
             continue
         click.echo(f"{sim:.4f}  {coll.paths[i]}")
@@ -112,8 +133,9 @@ def neighbours_cmd(features, query, top_k, weights, device, any_model) -> None:
 @click.option("--threshold", default=0.98, show_default=True, type=click.FloatRange(-1, 1),
               help="Cosine similarity from which two files count as the same sound.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the groups as JSON (lists of paths).")
+@EXACT
 @boundary
-def duplicates_cmd(features, threshold, as_json) -> None:
+def duplicates_cmd(features, threshold, as_json, exact) -> None:
     """Find groups of near-duplicates in FEATURES: files whose mean codes z have a cosine similarity of at least
     --threshold (re-encodes, resampled copies, the same sound under two names).
 
@@ -123,10 +145,15 @@ def duplicates_cmd(features, threshold, as_json) -> None:
       coala-embed duplicates feats.npy --threshold 0.99"""
     import json
 
-    from ..collection import duplicates, normalized
+    from .. import index
+    from ..collection import duplicates, group_pairs, normalized
 
     coll = collection(features)
-    groups = duplicates(coll.z, threshold)
+    ix = None if exact else index.load(coll)
+    if ix is None:
+        groups = duplicates(coll.z, threshold)
+    else:  # the index proposes the pairs, the rows confirm them: the same groups as the exact comparison
+        groups = group_pairs(len(coll), index.duplicate_pairs(ix, coll.z, threshold))
     if as_json:
         click.echo(json.dumps([[coll.paths[i] for i in g] for g in groups], indent=1))
         return
@@ -136,3 +163,60 @@ def duplicates_cmd(features, threshold, as_json) -> None:
             click.echo(f"{float(x[g[0]] @ x[i]):.4f}  {coll.paths[i]}")
         click.echo("")
     click.echo(f"{len(groups)} groups, {sum(map(len, groups))} files of {len(coll)}", err=True)
+
+
+@click.command("index")
+@FEATURES
+@click.option("--kind", type=click.Choice(["auto", "flat", "ivf", "ivf-sq8"]), default="auto", show_default=True,
+              help="flat: exact; ivf: an inverted file (approximate, fast at a million rows); ivf-sq8: the same in a "
+              "quarter of the memory; auto: flat up to 50,000 rows, else ivf.")  # fmt: skip
+@weights_option(MADE_FEATURES)
+@ANY_MODEL
+@click.option(
+    "--no-search", is_flag=True, help="Index only the codes z (neighbours, duplicates), not `search`'s space."
+)
+@click.option("-f", "--force", is_flag=True, help="Replace an existing index.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@boundary
+def index_cmd(features, kind, weights, any_model, no_search, force, quiet) -> None:
+    """Build an approximate-neighbour index of FEATURES (needs `pip install 'coala-embed[index]'`): the clips'
+    mean codes z for `neighbours` and `duplicates` and, unless --no-search, their audio projections for
+    `search`. The index files lie beside FEATURES (FEATURES-stem.index.faiss, .search.faiss) and the manifest
+    records them; a command finds and checks them itself (--exact there ignores them), and refuses a stale one.
+    After more files are embedded (a new run, a merge), build it again with -f.
+
+    \b
+    Output: one line, "FEATURES: N rows, KIND, SECONDS s, MB". Example:
+      coala-embed sounds/ -o feats.npy && coala-embed index feats.npy && coala-embed duplicates feats.npy"""
+    import sys
+
+    import numpy as np
+
+    from .. import index
+
+    index.faiss_module()  # before any work: the extra is missing
+    coll = collection(features)
+    files = index_files_present(coll)
+    if files and not force:
+        raise click.UsageError(f"{', '.join(files)} exist; add -f to rebuild the index")
+    projections = None
+    if not no_search:
+        model = load(weights, "cpu")
+        check_model(coll, model, any_model)
+        if model.tag is not None:
+            from ..tags import audio_projections
+
+            projections = np.concatenate(
+                [audio_projections(model, coll.z[a : a + 65_536]).numpy() for a in range(0, len(coll), 65_536)]
+                or [np.zeros((0, model.config.model.embedding_dim), np.float32)]
+            )
+    record = index.write(coll, kind, projections, progress=not quiet and sys.stderr.isatty())
+    mb = sum(f["bytes"] for f in record["files"].values()) / 2**20
+    kinds = "/".join(f["kind"] for f in record["files"].values())
+    click.echo(f"{features}: {record['rows']:,} rows, {kinds}, {record['seconds']:.1f} s, {mb:.1f} MB", err=True)
+
+
+def index_files_present(coll) -> list[str]:
+    from ..index import index_files
+
+    return [p.name for p in index_files(coll.features).values() if p.exists()]

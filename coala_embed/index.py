@@ -1,0 +1,184 @@
+"""An approximate-neighbour index over a collection (FAISS, the optional extra ``index``): built once beside the
+features, refused when it no longer matches them, and used by ``neighbours``, ``duplicates`` and ``search``.
+
+Two spaces are indexed, each with rows scaled to unit length so that inner product is cosine similarity: the
+clips' mean codes z (``Collection.z``: what ``neighbours`` and ``duplicates`` compare) and, when the checkpoint has
+a tag encoder, their audio projections in the co-aligned space (what ``search`` ranks). Up to ``FLAT_MAX_ROWS``
+rows the index is exact (``IndexFlatIP``); above, an inverted file (``IndexIVFFlat``, ``2 * sqrt(N)`` lists, k-means
+on a sample, ``NPROBE`` lists searched), or with ``kind="ivf-sq8"`` the same with 8-bit scalar-quantised rows (a
+quarter of the memory). Which index belongs to which features is recorded in the features' manifest (``index``:
+the files, the rows, the model, the size and modification time of the features and of each index file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .batch import manifest_path
+from .collection import Collection, normalized
+from .errors import CoalaEmbedError
+from .files import atomic_write, write_text
+
+KINDS = ("auto", "flat", "ivf", "ivf-sq8")
+FLAT_MAX_ROWS = 50_000  # "auto": exact below, an inverted file above
+NPROBE = 32  # lists searched per query (of 2 * sqrt(N)): recall@10 in bench/index.py
+DUPLICATE_NPROBE = 4  # near-duplicates lie in the same or a neighbouring list
+TRAIN_ROWS_PER_LIST = 64
+ADD_BLOCK = 65_536
+
+
+def faiss_module():
+    """``faiss``, or a CoalaEmbedError that says how to install it."""
+    try:
+        import faiss  # type: ignore[import-untyped]
+    except ImportError as e:
+        raise CoalaEmbedError("the index needs FAISS: pip install 'coala-embed[index]' (faiss-cpu)") from e
+    return faiss
+
+
+def index_files(features: Path) -> dict[str, Path]:
+    """``feats.npy`` -> ``{"z": feats.index.faiss, "projection": feats.search.faiss}``."""
+    return {
+        "z": features.with_name(features.stem + ".index.faiss"),
+        "projection": features.with_name(features.stem + ".search.faiss"),
+    }
+
+
+def _stamp(path: Path) -> list[int]:
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _blocks(x: np.ndarray, size: int = ADD_BLOCK) -> Iterator[np.ndarray]:
+    for a in range(0, len(x), size):
+        yield x[a : a + size]
+
+
+def build(x: np.ndarray, kind: str = "auto", seed: int = 0, progress: bool = False) -> Any:
+    """A FAISS index over the rows ``x`` ``[N, D]`` (scaled to unit length here), of ``kind`` (``KINDS``)."""
+    faiss = faiss_module()
+    if kind not in KINDS:
+        raise CoalaEmbedError(f"index kind must be one of {KINDS}, got {kind!r}")
+    n, d = x.shape
+    if kind == "auto":
+        kind = "flat" if n <= FLAT_MAX_ROWS else "ivf"
+    if kind == "flat" or n < 2 * TRAIN_ROWS_PER_LIST:
+        index = faiss.IndexFlatIP(d)
+    else:
+        lists = max(1, min(int(2 * math.sqrt(n)), n // TRAIN_ROWS_PER_LIST))
+        quantizer = faiss.IndexFlatIP(d)
+        if kind == "ivf-sq8":
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, lists, faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+        else:
+            index = faiss.IndexIVFFlat(quantizer, d, lists, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(seed).choice(n, min(n, lists * TRAIN_ROWS_PER_LIST), replace=False)
+        index.train(normalized(x[np.sort(sample)]))
+        index.nprobe = min(NPROBE, lists)
+    from tqdm import tqdm
+
+    with tqdm(total=n, unit="row", disable=not progress, desc="index") as bar:
+        for block in _blocks(x):
+            index.add(normalized(block))
+            bar.update(len(block))
+    return index
+
+
+def kind_of(index: Any) -> str:
+    faiss = faiss_module()
+    if isinstance(index, faiss.IndexIVFScalarQuantizer):
+        return "ivf-sq8"
+    return "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
+
+
+def write(coll: Collection, kind: str = "auto", projections: np.ndarray | None = None, progress: bool = False) -> dict:
+    """Build the index of ``coll`` (and of its audio ``projections``, when given), write it beside the features and
+    record it in the manifest; return that record."""
+    faiss = faiss_module()
+    t0 = time.time()
+    files = index_files(coll.features)
+    record: dict = {"rows": len(coll), "z_dim": coll.z.shape[1], "model": coll.model_info,
+                    "features": _stamp(coll.features), "files": {}}  # fmt: skip
+    for space, rows in (("z", coll.z), ("projection", projections)):
+        if rows is None:
+            files[space].unlink(missing_ok=True)
+            continue
+        index = build(rows, kind, progress=progress)
+
+        def save(tmp: Path, ix: Any = index) -> None:
+            faiss.write_index(ix, str(tmp))
+
+        atomic_write(files[space], save)
+        record["files"][space] = {"file": files[space].name, "kind": kind_of(index), "stamp": _stamp(files[space]),
+                                  "bytes": files[space].stat().st_size}  # fmt: skip
+    record["seconds"] = round(time.time() - t0, 2)
+    mpath = manifest_path(coll.features)
+    manifest = json.loads(mpath.read_text())
+    manifest["index"] = record
+    write_text(mpath, json.dumps(manifest, indent=1) + "\n")
+    return record
+
+
+def load(coll: Collection, space: str = "z") -> Any | None:
+    """The index of ``coll`` for ``space`` ("z" or "projection"), or None when none was built.
+
+    Raises:
+        CoalaEmbedError: the index no longer matches the features (other rows, another model, a rewritten
+            features or index file), or FAISS is missing while an index exists; the message says how to rebuild.
+    """
+    manifest = json.loads(manifest_path(coll.features).read_text())
+    record = manifest.get("index")
+    path = index_files(coll.features)[space]
+    rebuild = f"rebuild it with `coala-embed index {coll.features} -f`, or add --exact"
+    if not record or space not in record.get("files", {}):
+        if path.exists():  # the features were written again (a new run, a merge) after the index was built
+            raise CoalaEmbedError(f"the index {path.name} is stale: the manifest of {coll.features} does not record it; "
+                                  f"{rebuild}")  # fmt: skip
+        return None
+    entry = record["files"][space]
+    why = None
+    if not path.exists():
+        why = f"{path.name} is missing"
+    elif record.get("rows") != len(coll) or record.get("z_dim") != coll.z.shape[1]:
+        why = f"it covers {record.get('rows')} rows, the features have {len(coll)}"
+    elif record.get("model") != coll.model_info:
+        why = "it was built from the rows of another checkpoint"
+    elif record.get("features") != _stamp(coll.features):
+        why = f"{coll.features.name} was rewritten since"
+    elif entry.get("stamp") != _stamp(path):
+        why = f"{path.name} was rewritten since"
+    if why:
+        raise CoalaEmbedError(f"the index of {coll.features} is stale: {why}; {rebuild}")
+    faiss = faiss_module()
+    return faiss.read_index(str(path))
+
+
+def knn(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities ``[Q, k]`` and rows ``[Q, k]`` (-1 where fewer exist) of the ``k`` nearest rows."""
+    sims, rows = index.search(normalized(np.atleast_2d(queries)), k)
+    return sims, rows
+
+
+def duplicate_pairs(index: Any, x: np.ndarray, threshold: float, block: int = 4096) -> Iterator[tuple[int, int]]:
+    """Candidate pairs ``(i, j)``, ``i < j``, whose cosine in the index is at least ``threshold``, confirmed exactly
+    on the rows ``x`` (the index only proposes them: the groups are those of the exact comparison)."""
+    if hasattr(index, "nprobe"):
+        index.nprobe = max(DUPLICATE_NPROBE, 1)
+    z = normalized(x)
+    for a in range(0, len(z), block):
+        q = z[a : a + block]
+        lims, _, rows = index.range_search(q, float(threshold) - 1e-3)  # a margin for the index's rounding
+        ii = np.repeat(np.arange(a, a + len(q)), np.diff(lims).astype(np.int64))
+        keep = rows > ii
+        ii, jj = ii[keep], rows[keep].astype(np.int64)
+        exact = np.einsum("ij,ij->i", z[ii], z[jj])
+        sel = exact >= threshold
+        yield from zip(ii[sel].tolist(), jj[sel].tolist())
