@@ -7,6 +7,7 @@ through the encoder, ``loss_weights.view``) against that step.
     python bench/train_speed.py [--variant ae_c|e_c|cnn] [--steps 12] [--batch-size 128] [--device cpu|cuda]
     python bench/train_speed.py --augment '{"mix": 0.5, "gain_db": 6, "eq_db": 6, "pitch": 2, "reverb": 0.3, "noise": 0.3}'
     python bench/train_speed.py --view --variant e_c
+    python bench/train_speed.py --parts      # the AE-C step's time split: audio encoder, decoders, tag branch
 
 Every line names the CPU and whether bfloat16 is native on it: on a CPU without AVX-512 BF16 or AMX the bf16
 lines run oneDNN's reference code and are many times slower. On CUDA the same step runs under CUDA autocast
@@ -72,6 +73,35 @@ def measure(
     return bs / times[len(times) // 2]
 
 
+def parts(bf16: bool, steps: int, bs: int, device: torch.device, tag: str) -> None:
+    """The default AE-C step against the same step without the decoders (E-C) and the audio encoder's forward and
+    backward alone, measured in one run: the decoders' share is AE-C minus E-C, the tag branch's E-C minus the
+    encoder."""
+    full = measure("ae_c", bf16, True, steps, bs, True, device)
+    no_decoders = measure("e_c", bf16, True, steps, bs, True, device)
+    torch.manual_seed(0)
+    cfg = dict(DEFAULTS, bf16=bf16)
+    enc = build_models(cfg, N_TAGS)["audio_encoder"].train().to(device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(enc.parameters(), 1e-3)
+    x = torch.rand(bs, 1, 96, 96, device=device).contiguous(memory_format=torch.channels_last)
+    times = []
+    for i in range(steps + 2):
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            z, zd = enc(x)
+        zd.float().square().mean().backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    encoder = bs / sorted(times)[len(times) // 2]
+    step_ms, ec_ms, enc_ms = (1000 * bs / v for v in (full, no_decoders, encoder))
+    print(f"AE-C step {step_ms:.0f} ms per batch of {bs}: audio encoder (forward + backward + Adam) {enc_ms:.0f} ms "
+          f"({100 * enc_ms / step_ms:.0f} %), tag branch and contrastive loss {ec_ms - enc_ms:.0f} ms "
+          f"({100 * (ec_ms - enc_ms) / step_ms:.0f} %), the two decoders {step_ms - ec_ms:.0f} ms "
+          f"({100 * (step_ms - ec_ms) / step_ms:.0f} %)  {tag}")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="ae_c", choices=["ae_c", "e_c", "cnn"])
@@ -81,6 +111,7 @@ def main() -> None:
     p.add_argument("--all", action="store_true", help="also time bf16 where it is not native (very slow)")
     p.add_argument("--augment", default="", help="JSON of training/augment.py settings: also time augmentation")
     p.add_argument("--view", action="store_true", help="also time the default step with the invariance loss")
+    p.add_argument("--parts", action="store_true", help="split the default AE-C step into its parts")
     a = p.parse_args()
     dev = torch.device(a.device)
     native = bf16_native(dev)
@@ -109,6 +140,8 @@ def main() -> None:
         ours = s if default else ours
         mark = "  <- the training default here" if default else ""
         print(f"{name:41s}: {s:7.1f} samples/s  ({s / plain:.2f}x plain)  {tag}{mark}")
+    if a.parts and ours:
+        parts(native, a.steps, a.batch_size, dev, tag)
     if a.view and ours:
         s = measure(a.variant, native, True, a.steps, a.batch_size, True, dev, view=True)
         print(

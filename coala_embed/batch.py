@@ -223,8 +223,8 @@ class _State:
 
 
 def file_stamp(path: Path) -> list[int] | None:
-    """What tells a resumed run that an input changed since it was embedded: ``[size, mtime_ns]`` (None when
-    the file cannot be read; its error entry is retried on resume)."""
+    """What tells a resumed run that an input changed since it was embedded: ``[size, mtime_ns]``, or None when
+    the file cannot be found (its error entry stands until the file appears)."""
     try:
         st = os.stat(path)
     except OSError:
