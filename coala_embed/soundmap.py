@@ -185,7 +185,7 @@ def build_page(
         "scores": np.round(tag_val, 2).tolist() if tag_val is not None else [],
     }
     payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    page = TEMPLATE.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
+    page = template().replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
     write_text(out, page)
     return {"points": len(coll), "method": lay.method, "seconds": lay.seconds, "groups": len(order), "bytes": len(page)}
 
@@ -217,137 +217,9 @@ def write_png(coll: Collection, out: Path, lay: Layout) -> None:
     plt.close(fig)
 
 
-TEMPLATE = r"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
- html,body{margin:0;height:100%;font:13px system-ui,sans-serif;color:#222;background:#fff}
- #bar{position:absolute;top:0;left:0;right:0;height:44px;display:flex;align-items:center;gap:12px;padding:0 12px;
-      border-bottom:1px solid #ddd;background:#fafafa;box-sizing:border-box}
- #bar h1{font-size:15px;margin:0;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
- #search{flex:0 0 260px;padding:5px 8px;border:1px solid #bbb;border-radius:4px}
- #count,#sub{color:#666;white-space:nowrap}
- #wrap{position:absolute;top:44px;left:0;right:220px;bottom:0}
- #map{display:block;width:100%;height:100%;cursor:crosshair}
- #legend{position:absolute;top:44px;right:0;width:220px;bottom:0;overflow:auto;border-left:1px solid #ddd;
-         padding:8px;box-sizing:border-box;background:#fafafa}
- #legend div{display:flex;align-items:center;gap:6px;margin:2px 0;cursor:pointer}
- #legend div.off{opacity:.35}
- #legend i{display:inline-block;width:11px;height:11px;border-radius:50%;flex:none}
- #tip{position:absolute;pointer-events:none;background:#fff;border:1px solid #999;border-radius:4px;padding:6px 8px;
-      box-shadow:0 2px 6px rgba(0,0,0,.2);display:none;max-width:360px;z-index:2}
- #tip b{word-break:break-all} #tip .t{color:#555;margin-top:3px}
- #player{position:absolute;left:12px;bottom:12px;z-index:3;display:none}
-</style></head><body>
-<div id="bar"><h1 id="title"></h1><input id="search" type="search" placeholder="filter: tags or file names">
-<span id="count"></span><span id="sub"></span></div>
-<div id="wrap"><canvas id="map"></canvas></div><div id="legend"></div><div id="tip"></div><audio id="player" controls></audio>
-<script id="data" type="application/json">__DATA__</script>
-<script>
-"use strict";
-const D = JSON.parse(document.getElementById("data").textContent);
-const N = D.x.length, canvas = document.getElementById("map"), ctx = canvas.getContext("2d");
-const tip = document.getElementById("tip"), player = document.getElementById("player");
-const S = window.soundMap = {points: N, drawn: 0, matched: N, hovered: null, playing: null};
-const X = new Float32Array(N), Y = new Float32Array(N), px = new Float32Array(N), py = new Float32Array(N);
-for (let i = 0; i < N; i++) { X[i] = D.x[i] / 65535; Y[i] = 1 - D.y[i] / 65535; }
-const match = new Uint8Array(N).fill(1), hidden = new Uint8Array(D.groups.length);
-const vocabIndex = new Map(D.vocab.map((w, i) => [w, i]));
-let view = {s: 1, tx: 0, ty: 0}, W = 0, H = 0, grid = new Map(), CELL = 16;
-document.getElementById("title").textContent = D.title;
-document.getElementById("sub").textContent = (D.model ? D.model + " \u00b7 " : "") + D.method;
-const fileName = i => D.paths[i].split(/[\\/]/).pop();
-function tagsOf(i) { return D.tags.length ? D.tags[i].map((t, k) => D.vocab[t] + " " + D.scores[i][k].toFixed(2)) : []; }
-function resize() {
-  const r = canvas.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
-  W = r.width; H = r.height; canvas.width = W * dpr; canvas.height = H * dpr; ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  draw();
-}
-function draw() {
-  const pad = 16, side = Math.min(W, H) - 2 * pad, ox = (W - side) / 2, oy = (H - side) / 2;
-  const r = Math.max(1.5, Math.min(5, 600 / Math.sqrt(N + 1))) * Math.sqrt(view.s);
-  ctx.clearRect(0, 0, W, H); grid = new Map(); CELL = Math.max(8, 3 * r);
-  let drawn = 0;
-  for (const pass of [0, 1]) {  // non-matching points first, faint; matching ones on top
-    for (let i = 0; i < N; i++) {
-      if (hidden[D.group[i]] || (match[i] === 1) !== (pass === 1)) continue;
-      const x = ox + (X[i] * side) * view.s + view.tx, y = oy + (Y[i] * side) * view.s + view.ty;
-      px[i] = x; py[i] = y;
-      if (x < -r || y < -r || x > W + r || y > H + r) continue;
-      ctx.globalAlpha = pass ? 0.85 : 0.12;
-      ctx.fillStyle = D.colours[D.group[i]];
-      if (N > 20000) ctx.fillRect(x - r, y - r, 2 * r, 2 * r);  // squares: several times faster than arcs
-      else { ctx.beginPath(); ctx.arc(x, y, r, 0, 6.2832); ctx.fill(); }
-      drawn++;
-      if (pass) { const key = Math.floor(x / CELL) + "," + Math.floor(y / CELL); (grid.get(key) || grid.set(key, []).get(key)).push(i); }
-    }
-  }
-  ctx.globalAlpha = 1; S.drawn = drawn;
-}
-function nearest(x, y) {
-  let best = -1, bd = CELL * CELL;
-  const cx = Math.floor(x / CELL), cy = Math.floor(y / CELL);
-  for (let a = cx - 1; a <= cx + 1; a++) for (let b = cy - 1; b <= cy + 1; b++)
-    for (const i of grid.get(a + "," + b) || []) { const d = (px[i] - x) ** 2 + (py[i] - y) ** 2; if (d < bd) { bd = d; best = i; } }
-  return best;
-}
-function filter(text) {
-  const words = text.toLowerCase().split(/\s+/).filter(Boolean);
-  let m = 0;
-  for (let i = 0; i < N; i++) {
-    let ok = 1;
-    for (const w of words) {
-      const t = vocabIndex.has(w) ? vocabIndex.get(w) : vocabIndex.has(w.replace(/e?s$/, "")) ? vocabIndex.get(w.replace(/e?s$/, "")) : -1;
-      const inTags = t >= 0 && D.tags.length && D.tags[i].includes(t);
-      if (!inTags && !D.paths[i].toLowerCase().includes(w)) { ok = 0; break; }
-    }
-    match[i] = ok; m += ok;
-  }
-  S.matched = m; document.getElementById("count").textContent = (words.length ? m.toLocaleString() + " of " : "") + N.toLocaleString() + " sounds";
-  draw();
-}
-function source(i) { return D.dirs[D.dir[i]] === "" ? D.ref[i] : D.dirs[D.dir[i]].split("/").concat([D.ref[i]]).map(encodeURIComponent).join("/"); }
-let drag = null;
-canvas.addEventListener("mousemove", e => {
-  const r = canvas.getBoundingClientRect(), x = e.clientX - r.left, y = e.clientY - r.top;
-  if (drag) { view.tx += x - drag.x; view.ty += y - drag.y; drag = {x, y, moved: true}; draw(); return; }
-  const i = nearest(x, y);
-  S.hovered = i >= 0 ? fileName(i) : null;
-  if (i < 0) { tip.style.display = "none"; return; }
-  const dur = D.duration[i] == null ? "" : D.duration[i].toFixed(2) + " s \u00b7 ";
-  tip.innerHTML = "<b></b><div></div><div class='t'></div>";
-  tip.children[0].textContent = fileName(i);
-  tip.children[1].textContent = dur + D.groups[D.group[i]];
-  tip.children[2].textContent = tagsOf(i).slice(0, 5).join(", ");
-  tip.style.display = "block";
-  tip.style.left = Math.min(e.clientX + 14, window.innerWidth - 370) + "px"; tip.style.top = (e.clientY + 14) + "px";
-});
-canvas.addEventListener("mouseleave", () => { tip.style.display = "none"; S.hovered = null; drag = null; });
-canvas.addEventListener("mousedown", e => { const r = canvas.getBoundingClientRect(); drag = {x: e.clientX - r.left, y: e.clientY - r.top, moved: false}; });
-canvas.addEventListener("mouseup", e => {
-  const moved = drag && drag.moved; drag = null; if (moved) return;
-  const r = canvas.getBoundingClientRect(), i = nearest(e.clientX - r.left, e.clientY - r.top);
-  if (i < 0 || !D.ref[i]) return;
-  player.src = source(i); player.style.display = "block"; S.playing = fileName(i);
-  player.play().catch(() => {});
-});
-canvas.addEventListener("wheel", e => {
-  e.preventDefault();
-  const r = canvas.getBoundingClientRect(), x = e.clientX - r.left, y = e.clientY - r.top, f = Math.exp(-e.deltaY / 500);
-  view.tx = x - (x - view.tx) * f; view.ty = y - (y - view.ty) * f; view.s *= f; draw();
-}, {passive: false});
-canvas.addEventListener("dblclick", () => { view = {s: 1, tx: 0, ty: 0}; draw(); });
-document.getElementById("search").addEventListener("input", e => filter(e.target.value));
-const legend = document.getElementById("legend");
-const counts = new Array(D.groups.length).fill(0); for (let i = 0; i < N; i++) counts[D.group[i]]++;
-D.groups.forEach((g, k) => {
-  const row = document.createElement("div"), dot = document.createElement("i"), label = document.createElement("span");
-  dot.style.background = D.colours[k]; label.textContent = g + " (" + counts[k].toLocaleString() + ")";
-  row.title = "click to hide or show"; row.append(dot, label);
-  row.addEventListener("click", () => { hidden[k] ^= 1; row.classList.toggle("off"); draw(); });
-  legend.append(row);
-});
-window.addEventListener("resize", resize);
-filter(""); resize();
-</script></body></html>
-"""
+def template() -> str:
+    """The page (``coala_embed/assets/soundmap.html``): canvas, legend and search box in plain JavaScript; the build
+    puts the title at ``__TITLE__`` and the points' JSON at ``__DATA__``."""
+    from importlib.resources import files
+
+    return files("coala_embed").joinpath("assets/soundmap.html").read_text(encoding="utf-8")
