@@ -364,6 +364,26 @@ def test_selection_across_seeds_links_the_best_run(tmp_path, monkeypatch):
         sel.select_across(tmp_path, list(means), 8, 2, "ae_c")
 
 
+def test_each_experiment_file_is_its_recipe_over_the_base_config():
+    from pathlib import Path
+
+    from training.train import load_config
+
+    folder = Path("training/configs/experiments")
+    recipes = {
+        "base": ("ae_c", []),
+        "ec": ("e_c", []),
+        "sig": ("ae_c", ["augment.gain_db=6", "augment.eq_db=6", "augment.pitch=2", "augment.reverb=0.3",
+                         "augment.noise=0.3"]),
+        "mask": ("ae_c", ["mask.freq=16", "mask.time=16"]),
+        "view": ("ae_c", ["loss_weights.view=10"]),
+    }  # fmt: skip
+    for name, (base, sets) in recipes.items():
+        assert load_config(folder / f"{name}.json") == load_config(f"training/configs/{base}.json", sets), name
+    assert load_config(folder / "view.json")["loss_weights"]["audio"] == 5.0  # extends keeps the base's weights
+    assert {p.stem for p in folder.glob("*.json")} >= set(recipes)
+
+
 def test_every_table_states_the_margin_over_random_weights_per_recipe():
     from training.evaluate import markdown
 

@@ -7,7 +7,8 @@
 #   bash training/screen.sh RECIPE SEED [SAMPLES]      # e.g. bash training/screen.sh sig 0
 #   nice -n 10 bash training/screen.sh wide 1 100000
 #
-# Recipes (training settings; results in training/README.md's results log):
+# Recipes: training/configs/experiments/RECIPE.json (each extends ae_c.json or e_c.json; results in
+# training/README.md's results log):
 #   base  the current recipe                 mix   augment.mix=0.5
 #   sig   gain, EQ, pitch, reverb, noise     reg   weight_decay=0.05 tag_dropout=0.2
 #   mask  a band of up to 16 mel bins and one of up to 16 frames zeroed per patch (the encoder's input only)
@@ -16,20 +17,13 @@
 #   view  the base recipe plus the audio-audio invariance loss (two views of each sound; loss_weights.view=10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,16p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,17p' "$0"; exit 2; }
 RECIPE="$1"; SEED="$2"; SAMPLES="${3:-100000}"
-CONFIG=training/configs/ae_c.json
-case "$RECIPE" in
-  base) SET=() ;;
-  ec) SET=(); CONFIG=training/configs/e_c.json ;;
-  mix) SET=(augment.mix=0.5) ;;
-  sig) SET=(augment.gain_db=6 augment.eq_db=6 augment.pitch=2 augment.reverb=0.3 augment.noise=0.3) ;;
-  reg) SET=(weight_decay=0.05 tag_dropout=0.2) ;;
-  mask) SET=(mask.freq=16 mask.time=16) ;;
-  wide) SET=(corpus=corpus_wide) ;;
-  view) SET=(loss_weights.view=10) ;;
-  *) echo "unknown recipe $RECIPE (see --help)" >&2; exit 2 ;;
-esac
+CONFIG="training/configs/experiments/$RECIPE.json"
+if [ ! -f "$CONFIG" ]; then
+  echo "unknown recipe $RECIPE; known: $(cd training/configs/experiments && ls *.json | sed 's/.json//' | tr '\n' ' ')" >&2
+  exit 2
+fi
 DATA="${COALA_EMBED_DATA:-$HOME/.cache/coala-embed}"
 PY="${PYTHON:-python}"
 # One run per recipe and seed: a longer SAMPLES continues the shorter run (the learning rate is constant up to
@@ -41,7 +35,7 @@ mkdir -p "$DATA/logs"
 done_samples() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['samples'])" "$DATA/runs/$NAME/DONE" 2>/dev/null || echo 0; }
 if [ "$(done_samples)" -lt "$SAMPLES" ]; then
   $PY -m training.train "$CONFIG" --set name="$NAME" max_samples="$SAMPLES" \
-    min_samples="$SAMPLES" seed="$SEED" ${SET[@]+"${SET[@]}"} >> "$DATA/logs/$NAME.log" 2>&1
+    min_samples="$SAMPLES" seed="$SEED" >> "$DATA/logs/$NAME.log" 2>&1
 fi
 LAST=$(cd "$DATA/runs/$NAME" && ls snapshot_epoch*.pt | sort -V | tail -1)
 $PY -m training.evaluate --model "$NAME:$LAST" --model random --recipe signal --recipe signal_zmax --split val --seeds 0 \

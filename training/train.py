@@ -599,10 +599,22 @@ def _merge(base: dict, update: dict) -> None:
             base[k] = v
 
 
+def _read_config(path: Path) -> dict:
+    """A config file's settings; ``"extends": "FILE"`` (relative to it) starts from that file's."""
+    own = json.loads(path.read_text())
+    parent = own.pop("extends", None)
+    if parent is None:
+        return own
+    base = _read_config(path.parent / parent)
+    _merge(base, own)
+    return base
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
-    """Defaults, then the config file, then ``key=value`` overrides (values parsed as JSON when they can be)."""
+    """Defaults, then the config file (and the files it ``extends``), then ``key=value`` overrides (values parsed
+    as JSON when they can be). ``training/configs/experiments/`` holds one file per recipe of the results log."""
     cfg = json.loads(json.dumps(DEFAULTS))
-    _merge(cfg, json.loads(Path(path).read_text()))
+    _merge(cfg, _read_config(Path(path)))
     for item in overrides:
         key, _, value = item.partition("=")
         try:
