@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
-from .api import iter_file_patches, iter_file_signal
 from .config import FrontendConfig
 from .errors import AudioError, CoalaEmbedError
 from .frontend import PatchCutter, Patches, Signal
+from .streaming import iter_file_patches, iter_file_signal
 
 DECODERS = ("auto", "threads", "processes")
 LOG_MEL_ON = ("auto", "cpu", "device")

@@ -195,7 +195,7 @@ def dither(n: int, cfg: FrontendConfig) -> np.ndarray:
     return _draw_dither(n, cfg.noise_seed, cfg.pad_noise)
 
 
-DITHER_CACHE_SECONDS = 130.0  # covers every file the CLI decodes whole (api.STREAM_SECONDS) and 10-s pads
+DITHER_CACHE_SECONDS = 130.0  # covers every file the CLI decodes whole (streaming.STREAM_SECONDS) and 10-s pads
 
 
 def _draw_dither(n: int, seed: int, amplitude: float) -> np.ndarray:

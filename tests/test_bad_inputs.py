@@ -91,7 +91,7 @@ def test_a_long_array_is_embedded_block_by_block_with_the_same_result(model):
     from coala_embed.api import embed_patches
     from coala_embed.frontend import prepare
 
-    x = noise(200.0, sr=16_000)  # longer than api.STREAM_SECONDS: the streamed path
+    x = noise(200.0, sr=16_000)  # longer than streaming.STREAM_SECONDS: the streamed path
     frames, times = get_embedding(x, 16_000, model=model, frames=True)
     p = prepare(x, 16_000, model.config.frontend)
     np.testing.assert_array_equal(frames, embed_patches(model, p.patches))
@@ -288,7 +288,7 @@ def test_a_write_failure_mid_run_exits_3_without_hanging_the_decoders(tmp_path, 
     import threading
 
     import coala_embed.batch as batch_mod
-    from coala_embed.api import STREAM_SECONDS
+    from coala_embed.streaming import STREAM_SECONDS
 
     for i in range(3):  # long files: their producers block on full part queues when the loop stops
         sf.write(tmp_path / f"long{i}.flac", noise(STREAM_SECONDS + 130, sr=8_000, seed=i), 8_000)

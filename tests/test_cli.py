@@ -53,7 +53,7 @@ def test_rows_equal_the_api(audio_dir, weights_dir, tmp_path, model):
 
 def test_a_long_file_streamed_through_the_cli_equals_the_api(weights_dir, tmp_path, model):
     from coala_embed import embed_file
-    from coala_embed.api import STREAM_SECONDS
+    from coala_embed.streaming import STREAM_SECONDS
 
     sf.write(tmp_path / "long.flac", noise(STREAM_SECONDS + 75, sr=16_000), 16_000)  # three 60-s blocks
     sf.write(tmp_path / "short.wav", noise(3.0), 22_000)

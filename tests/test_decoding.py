@@ -18,11 +18,11 @@ from click.testing import CliRunner
 from conftest import noise, sine
 
 from coala_embed import batch, load_model
-from coala_embed.api import STREAM_SECONDS
 from coala_embed.cli import main
 from coala_embed.decoding import _Processes, resolve_decoders, resolve_log_mel_on
 from coala_embed.errors import AudioError
 from coala_embed.frontend import FrontendConfig, Patches, log_mel
+from coala_embed.streaming import STREAM_SECONDS
 
 WAYS = [("threads", "cpu"), ("threads", "device"), ("processes", "cpu"), ("processes", "device")]
 

@@ -151,11 +151,12 @@ def test_a_fine_hop_streams_in_shorter_blocks_with_the_same_patches(tmp_path):
     patches as the whole signal."""
     from dataclasses import replace
 
-    from coala_embed.api import _stream_threshold, file_patches, resample, stream_block_seconds
+    from coala_embed.frontend import resample
+    from coala_embed.streaming import file_patches, stream_block_seconds, stream_threshold
 
     cfg = replace(CFG, chunk_hop=2)
     assert stream_block_seconds(CFG) == 60.0 and 5.0 <= stream_block_seconds(cfg) < 15.0
-    assert _stream_threshold(CFG) == 120.0 and _stream_threshold(cfg) < 30.0
+    assert stream_threshold(CFG) == 120.0 and stream_threshold(cfg) < 30.0
     x = noise(31.0, sr=16_000, seed=4)
     sf.write(tmp_path / "a.wav", x, 16_000, subtype="FLOAT")
     got = file_patches(tmp_path / "a.wav", cfg)

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from coala_embed import CoalaConfig, CoalaModel
-from coala_embed.api import clip_vector, embed_patches, file_patches
+from coala_embed.api import clip_vector, embed_patches
 from coala_embed.config import FrontendConfig
 from coala_embed.files import atomic_write, save_npy, write_text
+from coala_embed.streaming import file_patches
 
 from .checkpoints import checkpoint_key, machine, resolve_model
 from .cli import parser, start

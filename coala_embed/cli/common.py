@@ -137,7 +137,7 @@ def tune_malloc(fine_hop: bool = False) -> None:
     the peak: the 1-hour FLAC peaks at 805-861 MB with it and 815-820 MB without (two runs each). Only the
     command line does this: it owns its process, the library does not.
 
-    ``fine_hop`` (``--hop`` under a patch): the blocks of patches (about 9 MB each, ``api.stream_block_seconds``)
+    ``fine_hop`` (``--hop`` under a patch): the blocks of patches (about 9 MB each, ``streaming.stream_block_seconds``)
     are mapped and unmapped instead (mmap threshold 4 MB). Kept in the heap, they fragmented it and the peak grew
     with the duration (``--hop 2``: 497 MB for 1 minute, 774 MB for 10; with 4 MB, 537 and 583 MB;
     ``bench/memory.py --hop 2``).
