@@ -170,7 +170,7 @@ def test_resume_after_kill_9_continues_exactly(smoke_data, tmp_path):
     # with on-the-fly augmentation and tag dropout, whose draws are seeded by step, so a resume repeats them
     # and the invariance loss, whose second views (crops and augmentation) are drawn from their own seeded stream
     out, ref = _kill_and_resume(smoke_data, tmp_path, "augment.mix=0.5", "augment.pitch=2", "augment.noise=0.5",
-                                "tag_dropout=0.2", "loss_weights.view=10")  # fmt: skip
+                                "tag_dropout=0.2", "loss_weights.view=10", "view.partner=0.5")  # fmt: skip
     a, b = _weights(out), _weights(ref)
     for k in b:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)  # same steps, same data, same RNG: identical
@@ -512,6 +512,22 @@ def test_the_invariance_loss_pairs_two_views_of_each_sound(smoke_data):
     assert not torch.equal(gen_views[0], gen_views[1])  # other crops of the sounds
     same = second_view(dict(plain, view=dict(plain["view"], crop=False)), data, idx, starts, Augment(), 1, None)
     torch.testing.assert_close(same, data.patches(starts))  # no crop, no augmentation: the first view itself
+    # partners: the training sounds that share a sound's raw tags (manifest.csv), itself included
+    import csv
+
+    with open(smoke_data / "corpus" / "manifest.csv", newline="") as f:
+        raw = [r["raw_tags"] for r in csv.DictReader(f)]
+    sounds = data.train_sound.unique()
+    shared = 0
+    for sound in sounds.tolist():
+        a, n = int(data.group_start[sound]), int(data.group_count[sound])
+        group = data.group_members[a : a + n].tolist()
+        assert sound in group and {raw[g] for g in group} == {raw[sound]}
+        shared += n > 1
+    assert shared > 0
+    partner = dict(cfg, view=dict(cfg["view"], partner=1.0))
+    views = second_view(partner, data, idx, starts, Augment(), 3, None)
+    assert views.shape == (16, 1, 96, 96) and torch.isfinite(views).all()
     for m in models.values():
         m.eval()
     x = data.patches(starts)

@@ -15,9 +15,10 @@
 #   wide  the base recipe on the wider corpus (python -m training.corpus --wide --name corpus_wide)
 #   ec    E-C, the paper's ablation without the autoencoders' decoders (training/configs/e_c.json)
 #   view  the base recipe plus the audio-audio invariance loss (two views of each sound; loss_weights.view=10)
+#   pair  view, with half the second views from another sound with the same raw tags (view.partner=0.5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,17p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,18p' "$0"; exit 2; }
 RECIPE="$1"; SEED="$2"; SAMPLES="${3:-100000}"
 CONFIG="training/configs/experiments/$RECIPE.json"
 if [ ! -f "$CONFIG" ]; then

@@ -53,6 +53,9 @@ DEFAULTS: dict = {
     "view": {
         "tau": 0.2,
         "crop": True,
+        # probability that the second view comes from another training sound with the same raw tags (the same GM
+        # program and register from another soundfont or pitch, variants of one game sound), when it has one
+        "partner": 0.0,
         "augment": dataclasses.asdict(
             Augment(mix=0.5, mix_db=7.0, mix_below_db=13.0, gain_db=6.0, eq_db=6.0, pitch=2.0, reverb=0.3, noise=0.3)
         ),
@@ -127,12 +130,43 @@ class PatchData:
         self.train_start = torch.from_numpy(np.asarray(starts, dtype=np.int64))
         # each window's sound's first and last patch start: the range another crop of that sound is drawn from
         self.train_first = torch.from_numpy(np.asarray(first, dtype=np.int64))
+        self._partners(corpus, train_ids, offset, frames, signal, best if cfg["patch_mode"] == "max_energy" else None)
         self.train_last = torch.from_numpy(np.asarray(last, dtype=np.int64))
         self.train_sound = torch.from_numpy(np.asarray(sound, dtype=np.int64))
         val_ids = np.flatnonzero(val)
         self.val_start = torch.from_numpy(best[val_ids].astype(np.int64))
         self.val_sound = torch.from_numpy(val_ids.astype(np.int64))
         self._ar = torch.arange(PATCH)
+
+    def _partners(self, corpus: Path, train_ids, offset, frames, signal, best) -> None:
+        """For every sound, the training sounds that share its raw tags (``manifest.csv``; itself included), as
+        ``group_members[group_start[s] : group_start[s] + group_count[s]]``, and each sound's range of patch
+        starts (``sound_first``, ``sound_last``). Without a manifest every sound is its own group."""
+        n = len(offset)
+        keys: list[str] = [str(i) for i in range(n)]
+        manifest = corpus / "manifest.csv"
+        if manifest.exists():
+            with open(manifest, newline="") as f:
+                keys = [r["raw_tags"] or str(i) for i, r in enumerate(csv.DictReader(f))]
+        groups: dict[str, list[int]] = {}
+        for i in train_ids:
+            groups.setdefault(keys[i], []).append(int(i))
+        start, count = np.zeros(n, np.int64), np.ones(n, np.int64)
+        members: list[int] = []
+        for ids in groups.values():
+            for i in ids:
+                start[i], count[i] = len(members), len(ids)
+            members += ids
+        for i in range(n):  # validation sounds (never drawn) point at themselves
+            if i not in groups.get(keys[i], ()):
+                start[i] = len(members)
+                members.append(i)
+        self.group_start, self.group_count = torch.from_numpy(start), torch.from_numpy(count)
+        self.group_members = torch.from_numpy(np.asarray(members, np.int64))
+        hi = np.maximum(0, np.minimum(frames, np.maximum(signal, PATCH)) - PATCH)
+        first = offset if best is None else best
+        self.sound_first = torch.from_numpy(np.asarray(first, np.int64))
+        self.sound_last = torch.from_numpy(np.asarray(offset + hi if best is None else best, np.int64))
 
     def _from_hdf5(self, cfg: dict) -> None:
         """The authors' HDF5 files (already scaled max-energy patches, multi-hot labels), laid end to end
@@ -155,6 +189,13 @@ class PatchData:
         starts = torch.arange(len(patches)) * PATCH
         self.train_start = self.train_first = self.train_last = starts[:n_tr]
         self.train_sound = torch.arange(n_tr)
+        n = len(patches)  # no raw tags here: every sound is its own group
+        self.group_start, self.group_count, self.group_members = (
+            torch.arange(n),
+            torch.ones(n, dtype=torch.long),
+            torch.arange(n),
+        )
+        self.sound_first = self.sound_last = starts
         self.val_start, self.val_sound = starts[n_tr:], torch.arange(n_tr, len(patches))
         self._ar = torch.arange(PATCH)
 
@@ -170,7 +211,8 @@ class PatchData:
     def to(self, device: torch.device) -> PatchData:
         """Move the spectrograms and indices to ``device`` (on a GPU the gathering then runs there too)."""
         for name in ("logmel", "labels", "scaler_min", "scaler_scale", "train_start", "train_first", "train_last",
-                     "train_sound", "val_start", "val_sound", "_ar"):  # fmt: skip
+                     "train_sound", "val_start", "val_sound", "_ar", "group_start", "group_count", "group_members",
+                     "sound_first", "sound_last"):  # fmt: skip
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -335,12 +377,24 @@ def second_view(
     cfg: dict, data: PatchData, idx: torch.Tensor, starts: torch.Tensor, aug: Augment, seed: int, centres
 ) -> torch.Tensor:
     """The second view of the batch's windows ``idx`` (first views at ``starts``): scaled ``[B, 1, 96, 96]``, a
-    crop of the same sound drawn uniformly over its patch starts (``cfg["view"]["crop"]``; else the same crop),
-    augmented with ``aug`` on the CPU from draws seeded by ``seed``."""
+    crop of the same sound drawn uniformly over its patch starts (``cfg["view"]["crop"]``; else the same crop), or
+    with probability ``cfg["view"]["partner"]`` a crop of another training sound with the same raw tags, augmented
+    with ``aug`` on the CPU from draws seeded by ``seed``."""
     gen = torch.Generator().manual_seed(seed)
     first, last = data.train_first[idx].cpu(), data.train_last[idx].cpu()
-    if cfg["view"]["crop"]:
-        starts = first + (torch.rand(len(idx), generator=gen) * (last - first + 1)).long().clamp_max(last - first)
+    crop = torch.full((len(idx),), bool(cfg["view"]["crop"]))
+    if cfg["view"].get("partner", 0.0):
+        sound = data.train_sound[idx].cpu()
+        start, count = data.group_start[sound].cpu(), data.group_count[sound].cpu()
+        pick = data.group_members.cpu()[start + (torch.rand(len(idx), generator=gen) * count).long()]
+        use = torch.rand(len(idx), generator=gen) < cfg["view"]["partner"]
+        sound = torch.where(use, pick, sound)
+        first = torch.where(use, data.sound_first[sound].cpu(), first)
+        last = torch.where(use, data.sound_last[sound].cpu(), last)
+        crop |= use
+    if crop.any():
+        drawn = first + (torch.rand(len(idx), generator=gen) * (last - first + 1)).long().clamp_max(last - first)
+        starts = torch.where(crop, drawn, starts.cpu())
     raw = data.raw(starts.to(data.logmel.device), PATCH + aug.extra_frames, (last + PATCH - 1).to(data.logmel.device))
     raw, _ = augment(raw.cpu(), data.labels[data.train_sound[idx]].cpu(), aug, gen, PATCH, centres)
     return data.scale(raw)
