@@ -460,7 +460,7 @@ def merge(outputs: list[Path], out: Path) -> dict:
     first = parts[0][1]
     n = int(first["shard"].split("/")[1])
     for o, m in parts:
-        for key in ("model", "frontend", "clip", "format", "inputs_fingerprint", "total_inputs"):
+        for key in ("model", "frontend", "clip", "format", "precision", "inputs_fingerprint", "total_inputs"):
             if m.get(key) != first.get(key):
                 raise CoalaEmbedError(f"{o} differs from {outputs[0]} in {key}: the parts are not shards of one run")
         if int(m["shard"].split("/")[1]) != n:

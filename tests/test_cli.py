@@ -212,6 +212,15 @@ def test_merges_that_would_lie_are_refused(audio_dir, weights_dir, tmp_path):
     # an unsharded output is not a part
     r = run("merge", "-o", tmp_path / "m2.npz", full)
     assert r.exit_code == 2 and "not the output of a --shard" in r.output
+    # shards computed at another precision would mix their rows
+    from coala_embed.device import resolve_precision
+
+    if resolve_precision("bf16", torch.device("cpu")) == "bf16":
+        bf16 = tmp_path / "a2_bf16.npz"
+        args = ("-o", bf16, "--weights", weights_dir, "-q", "--shard", "2/2", "--frames", "--precision", "bf16")
+        assert run(audio_dir, *args).exit_code == 0
+        r = run("merge", "-o", tmp_path / "m3.npz", parts["a1"], bf16)
+        assert r.exit_code == 2 and "in precision" in r.output, r.output
 
 
 def test_an_empty_shard_writes_a_valid_empty_part(audio_dir, weights_dir, tmp_path):
