@@ -31,7 +31,7 @@ KINDS = ("auto", "flat", "ivf", "ivf-sq8")
 FLAT_MAX_ROWS = 50_000  # "auto": exact below, an inverted file above
 NPROBE = 32  # lists searched per query (of 2 * sqrt(N)): recall@10 in bench/index.py
 DUPLICATE_NPROBE = 4  # near-duplicates lie in the same or a neighbouring list
-TRAIN_ROWS_PER_LIST = 64
+TRAIN_ROWS_PER_LIST = 40  # k-means sample per list (FAISS asks for at least 39), 10 iterations
 ADD_BLOCK = 65_536
 
 
@@ -80,6 +80,7 @@ def build(x: np.ndarray, kind: str = "auto", seed: int = 0, progress: bool = Fal
                                                   faiss.METRIC_INNER_PRODUCT)  # fmt: skip
         else:
             index = faiss.IndexIVFFlat(quantizer, d, lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10
         sample = np.random.default_rng(seed).choice(n, min(n, lists * TRAIN_ROWS_PER_LIST), replace=False)
         index.train(normalized(x[np.sort(sample)]))
         index.nprobe = min(NPROBE, lists)
@@ -172,13 +173,14 @@ def duplicate_pairs(index: Any, x: np.ndarray, threshold: float, block: int = 40
     on the rows ``x`` (the index only proposes them: the groups are those of the exact comparison)."""
     if hasattr(index, "nprobe"):
         index.nprobe = max(DUPLICATE_NPROBE, 1)
-    z = normalized(x)
-    for a in range(0, len(z), block):
-        q = z[a : a + block]
+    norms = np.concatenate([np.linalg.norm(x[a : a + 65_536], axis=1) for a in range(0, len(x), 65_536)])
+    norms = np.maximum(norms, 1e-12).astype(np.float32)  # rows are scaled on the fly: no normalised copy of x
+    for a in range(0, len(x), block):
+        q = x[a : a + block] / norms[a : a + block, None]
         lims, _, rows = index.range_search(q, float(threshold) - 1e-3)  # a margin for the index's rounding
         ii = np.repeat(np.arange(a, a + len(q)), np.diff(lims).astype(np.int64))
         keep = rows > ii
         ii, jj = ii[keep], rows[keep].astype(np.int64)
-        exact = np.einsum("ij,ij->i", z[ii], z[jj])
+        exact = np.einsum("ij,ij->i", x[ii], x[jj]) / (norms[ii] * norms[jj])
         sel = exact >= threshold
         yield from zip(ii[sel].tolist(), jj[sel].tolist())
