@@ -160,7 +160,7 @@ programs), drums (29 GM percussion names: trained on MuseScore's drum kits, test
 avldrums.lv2-soundfont, a source apart from the corpus) and spoken languages (KLettres voices). Protocol of the
 paper: StandardScaler + MLP(256), accuracy (%). MFCC is the paper's 120-d baseline; `random` is this encoder with
 random weights; E-C and the CNN tagger are the paper's ablations (their corpus and length are in
-training/README.md's results log). `signal_zmax` is this checkpoint's clip vector, `signal` the paper's (the mean
+training/results/log.md). `signal_zmax` is this checkpoint's clip vector, `signal` the paper's (the mean
 of z over the patches that hold signal); `ae_c` is this checkpoint, `ae_c_sN` the runs it was chosen from.
 
 ### Test split

@@ -8,7 +8,7 @@
 #   nice -n 10 bash training/screen.sh wide 1 100000
 #
 # Recipes: training/configs/experiments/RECIPE.json (each extends ae_c.json or e_c.json; results in
-# training/README.md's results log):
+# training/results/log.md):
 #   base  the current recipe                 mix   augment.mix=0.5
 #   sig   gain, EQ, pitch, reverb, noise     reg   weight_decay=0.05 tag_dropout=0.2
 #   mask  a band of up to 16 mel bins and one of up to 16 frames zeroed per patch (the encoder's input only)
