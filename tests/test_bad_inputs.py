@@ -287,7 +287,7 @@ def test_an_unknown_hub_id_offline_says_so(tmp_path, monkeypatch):
 def test_a_write_failure_mid_run_exits_3_without_hanging_the_decoders(tmp_path, weights_dir, monkeypatch):
     import threading
 
-    import coala_embed.batch as batch_mod
+    import coala_embed.journal as journal_mod
     from coala_embed.streaming import STREAM_SECONDS
 
     for i in range(3):  # long files: their producers block on full part queues when the loop stops
@@ -296,7 +296,7 @@ def test_a_write_failure_mid_run_exits_3_without_hanging_the_decoders(tmp_path, 
     def disk_full(self, results):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(batch_mod._State, "append", disk_full)
+    monkeypatch.setattr(journal_mod.Journal, "append", disk_full)
     out: dict = {}
     t = threading.Thread(
         target=lambda: out.update(
@@ -416,9 +416,9 @@ def test_the_manifest_records_the_config_beside_the_weights(tmp_path, weights_di
 
 def _interrupted_run(tmp_path, monkeypatch, folder, out, *args):
     """A run that stops with a full disk after its first batch of files is journaled; returns the done files."""
-    import coala_embed.batch as batch_mod
+    import coala_embed.journal as journal_mod
 
-    real = batch_mod._State.append
+    real = journal_mod.Journal.append
     calls = {"n": 0}
 
     def append_then_fail(self, results):
@@ -428,7 +428,7 @@ def _interrupted_run(tmp_path, monkeypatch, folder, out, *args):
         real(self, results)
 
     with monkeypatch.context() as m:
-        m.setattr(batch_mod._State, "append", append_then_fail)
+        m.setattr(journal_mod.Journal, "append", append_then_fail)
         r = _run(folder, "-o", out, "-q", "--batch-size", "1", "--workers", "1", *args)
     assert r.exit_code == 3, r.output
     log = out.with_name(out.name + ".partial") / "log.jsonl"

@@ -88,8 +88,8 @@ def load(weights: str | None, device: str):
 
 @contextlib.contextmanager
 def locked(out: Path) -> Iterator[None]:
-    """Hold the output for the whole command (batch.output_lock); a second run on it is a usage error."""
-    from ..batch import output_lock
+    """Hold the output for the whole command (journal.output_lock); a second run on it is a usage error."""
+    from ..journal import output_lock
 
     with output_lock(out):
         yield

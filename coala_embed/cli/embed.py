@@ -210,6 +210,7 @@ def _embed(req: EmbedRequest, fmt: str, shard: tuple[int, int] | None) -> None:
     """The embed command once the output is held."""
     from .. import batch
     from ..audio_io import AUDIO_EXTENSIONS, find_audio
+    from ..journal import state_dir
 
     _check_out(req.out, req.force, req.resume)
     paths = find_audio(req.inputs, req.exts or AUDIO_EXTENSIONS, recursive=not req.no_recursive,
@@ -239,7 +240,7 @@ def _embed(req: EmbedRequest, fmt: str, shard: tuple[int, int] | None) -> None:
         max_hours=req.max_hours,
         precision=req.precision,
     )
-    on_failure(f"{req.out} was left as it was and the progress is kept in {batch.state_dir(req.out)}: rerun the "
+    on_failure(f"{req.out} was left as it was and the progress is kept in {state_dir(req.out)}: rerun the "
                "same command with --resume to finish")  # fmt: skip
     manifest = batch.run(paths, req.out, model, opts, indices=indices, shard=req.shard, resume=req.resume,
                          progress=not req.quiet, fingerprint=fingerprint, total_inputs=total)  # fmt: skip
@@ -251,7 +252,8 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
     (``feats.npy`` and ``feats.npz`` would share ``feats.manifest.json``)."""
     import json
 
-    from ..batch import manifest_path, state_dir
+    from ..batch import manifest_path
+    from ..journal import state_dir
 
     manifest = manifest_path(out)
     if manifest.exists():
