@@ -217,6 +217,7 @@ def index_cmd(features, kind, weights, any_model, no_search, force, quiet) -> No
 
 
 def index_files_present(coll) -> list[str]:
+    """The names of the index files that already lie beside the collection's features."""
     from ..index import index_files
 
     return [p.name for p in index_files(coll.features).values() if p.exists()]
