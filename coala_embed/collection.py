@@ -34,6 +34,7 @@ class Collection:
     model: str = ""  # the checkpoint that made it, as the manifest names it
     z_dim: int | None = None  # the leading columns that hold the mean of z (None: all of them)
     model_info: dict = field(default_factory=dict)  # the manifest's record of that checkpoint (batch.model_info)
+    index_record: dict = field(default_factory=dict)  # the manifest's record of its index (coala_embed.index)
 
     @property
     def z(self) -> np.ndarray:
@@ -102,7 +103,14 @@ def load_collection(features: str | os.PathLike) -> Collection:
     model = m.get("model") if isinstance(m.get("model"), dict) else {}
     z_dim = (m.get("dims") or {}).get("z")
     return Collection(
-        emb, [f["path"] for f in rows], durations, features, str(model.get("source") or ""), z_dim, dict(model)
+        emb,
+        [f["path"] for f in rows],
+        durations,
+        features,
+        str(model.get("source") or ""),
+        z_dim,
+        dict(model),
+        dict(m.get("index") or {}),
     )
 
 

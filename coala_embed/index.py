@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from .batch import manifest_path
 from .collection import Collection, normalized
 from .errors import CoalaEmbedError
 from .files import atomic_write, write_text
+from .journal import file_stamp
 
 KINDS = ("auto", "flat", "ivf", "ivf-sq8")
 FLAT_MAX_ROWS = 50_000  # "auto": exact below, an inverted file above
@@ -50,11 +50,6 @@ def index_files(features: Path) -> dict[str, Path]:
         "z": features.with_name(features.stem + ".index.faiss"),
         "projection": features.with_name(features.stem + ".search.faiss"),
     }
-
-
-def _stamp(path: Path) -> list[int]:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns]
 
 
 def _blocks(x: np.ndarray, size: int = ADD_BLOCK) -> Iterator[np.ndarray]:
@@ -107,7 +102,7 @@ def write(coll: Collection, kind: str = "auto", projections: np.ndarray | None =
     t0 = time.time()
     files = index_files(coll.features)
     record: dict = {"rows": len(coll), "z_dim": coll.z.shape[1], "model": coll.model_info,
-                    "features": _stamp(coll.features), "files": {}}  # fmt: skip
+                    "features": file_stamp(coll.features), "files": {}}  # fmt: skip
     for space, rows in (("z", coll.z), ("projection", projections)):
         if rows is None:
             files[space].unlink(missing_ok=True)
@@ -118,12 +113,12 @@ def write(coll: Collection, kind: str = "auto", projections: np.ndarray | None =
             faiss.write_index(ix, str(tmp))
 
         atomic_write(files[space], save)
-        record["files"][space] = {"file": files[space].name, "kind": kind_of(index), "stamp": _stamp(files[space]),
+        record["files"][space] = {"file": files[space].name, "kind": kind_of(index), "stamp": file_stamp(files[space]),
                                   "bytes": files[space].stat().st_size}  # fmt: skip
     record["seconds"] = round(time.time() - t0, 2)
     mpath = manifest_path(coll.features)
     manifest = json.loads(mpath.read_text())
-    manifest["index"] = record
+    manifest["index"] = coll.index_record = record
     write_text(mpath, json.dumps(manifest, indent=1) + "\n")
     return record
 
@@ -135,8 +130,7 @@ def load(coll: Collection, space: str = "z") -> Any | None:
         CoalaEmbedError: the index no longer matches the features (other rows, another model, a rewritten
             features or index file), or FAISS is missing while an index exists; the message says how to rebuild.
     """
-    manifest = json.loads(manifest_path(coll.features).read_text())
-    record = manifest.get("index")
+    record = coll.index_record
     path = index_files(coll.features)[space]
     rebuild = f"rebuild it with `coala-embed index {coll.features} -f`, or add --exact"
     if not record or space not in record.get("files", {}):
@@ -152,9 +146,9 @@ def load(coll: Collection, space: str = "z") -> Any | None:
         why = f"it covers {record.get('rows')} rows, the features have {len(coll)}"
     elif record.get("model") != coll.model_info:
         why = "it was built from the rows of another checkpoint"
-    elif record.get("features") != _stamp(coll.features):
+    elif record.get("features") != file_stamp(coll.features):
         why = f"{coll.features.name} was rewritten since"
-    elif entry.get("stamp") != _stamp(path):
+    elif entry.get("stamp") != file_stamp(path):
         why = f"{path.name} was rewritten since"
     if why:
         raise CoalaEmbedError(f"the index of {coll.features} is stale: {why}; {rebuild}")
@@ -168,12 +162,27 @@ def knn(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return sims, rows
 
 
+def nearest(index: Any, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """:func:`coala_embed.collection.neighbours` through the index: ``(row, cosine)`` of the ``k`` nearest rows to
+    one ``query``, best first."""
+    sims, rows = knn(index, query, k)
+    return [(int(i), float(v)) for i, v in zip(rows[0], sims[0]) if i >= 0]
+
+
+def projections(model: Any, x: np.ndarray) -> np.ndarray:
+    """The audio projections ``[N, 1152]`` of the rows ``x`` (``tags.audio_projections``), block by block."""
+    from .tags import audio_projections
+
+    parts = [audio_projections(model, block).cpu().numpy() for block in _blocks(x)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.config.model.embedding_dim), np.float32)
+
+
 def duplicate_pairs(index: Any, x: np.ndarray, threshold: float, block: int = 4096) -> Iterator[tuple[int, int]]:
     """Candidate pairs ``(i, j)``, ``i < j``, whose cosine in the index is at least ``threshold``, confirmed exactly
     on the rows ``x`` (the index only proposes them: the groups are those of the exact comparison)."""
     if hasattr(index, "nprobe"):
         index.nprobe = max(DUPLICATE_NPROBE, 1)
-    norms = np.concatenate([np.linalg.norm(x[a : a + 65_536], axis=1) for a in range(0, len(x), 65_536)])
+    norms = np.concatenate([np.linalg.norm(block, axis=1) for block in _blocks(x)] or [np.zeros(0, np.float32)])
     norms = np.maximum(norms, 1e-12).astype(np.float32)  # rows are scaled on the fly: no normalised copy of x
     for a in range(0, len(x), block):
         q = x[a : a + block] / norms[a : a + block, None]

@@ -140,12 +140,12 @@ def query_vector(model: CoalaModel, query: str | Sequence[str]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def query_projection(model: CoalaModel, query: str | Sequence[str]) -> torch.Tensor:
     """A text query's tag projection ``[1, 1152]`` in the co-aligned space (what :func:`search` ranks rows by)."""
     return model.tag_projection(query_vector(model, query)).float()
 
 
+@torch.inference_mode()
 def search(
     query: str | Sequence[str], embeddings: np.ndarray, *, model: CoalaModel | None = None, top_k: int = 10
 ) -> list[tuple[int, float]]:

@@ -157,8 +157,9 @@ class PatchData:
             for i in ids:
                 start[i], count[i] = len(members), len(ids)
             members += ids
+        train = set(int(i) for i in train_ids)
         for i in range(n):  # validation sounds (never drawn) point at themselves
-            if i not in groups.get(keys[i], ()):
+            if i not in train:
                 start[i] = len(members)
                 members.append(i)
         self.group_start, self.group_count = torch.from_numpy(start), torch.from_numpy(count)

@@ -66,7 +66,8 @@ def weights_option(what: str = "Checkpoint folder or Hub repo id owner/name[@rev
 
 
 DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-FEATURES = click.argument("features", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)  # an input file every command checks alike
+FEATURES = click.argument("features", type=EXISTING_FILE)
 ANY_MODEL = click.option(
     "--any-model",
     is_flag=True,

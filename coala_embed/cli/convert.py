@@ -6,30 +6,30 @@ from pathlib import Path
 
 import click
 
-from .common import boundary
+from .common import EXISTING_FILE, boundary
 
 
 @click.command("convert")
 @click.option(
     "--audio-encoder",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="The authors' audio_encoder_epoch_200.pt.",
 )
 @click.option(
     "--tag-encoder",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="The authors' tag_encoder_epoch_200.pt.",
 )
 @click.option(
     "--scaler",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     required=True,
     help="scaler_top_1000_params.json (the pickled MinMaxScaler's arrays).",
 )
 @click.option(
     "--vocabulary",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=EXISTING_FILE,
     help="json/id2token_top_1000.json (tag order).",
 )
 @click.option(

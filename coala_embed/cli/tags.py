@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
-from .common import ANY_MODEL, DEVICE, EXACT, EXIT_FAILED_FILES, FEATURES, boundary, check_model, load, weights_option
+from .common import (
+    ANY_MODEL,
+    DEVICE,
+    EXACT,
+    EXISTING_FILE,
+    EXIT_FAILED_FILES,
+    FEATURES,
+    boundary,
+    check_model,
+    load,
+    weights_option,
+)
 
 MADE_FEATURES = "The checkpoint that made FEATURES"
 
 
 @click.command("tags")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=EXISTING_FILE)
 @click.option("-k", "--top-k", default=10, show_default=True, type=click.IntRange(1), help="Tags per file.")
 @weights_option()
 @DEVICE
@@ -98,8 +108,7 @@ def search_cmd(features, query, top_k, weights, device, any_model, exact) -> Non
     else:
         from ..tags import query_projection
 
-        sims, found = index.knn(ix, query_projection(model, query).cpu().numpy(), min(top_k, len(emb)))
-        hits = [(int(i), float(v)) for i, v in zip(found[0], sims[0]) if i >= 0]
+        hits = index.nearest(ix, query_projection(model, query).cpu().numpy(), min(top_k, len(emb)))
     for row, score in hits:
         click.echo(f"{score:.3f}  {paths.get(row, f'row {row}')}")
 

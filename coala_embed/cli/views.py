@@ -10,6 +10,7 @@ from .common import (
     ANY_MODEL,
     DEVICE,
     EXACT,
+    EXISTING_FILE,
     FEATURES,
     boundary,
     check_model,
@@ -25,7 +26,7 @@ from .tags import MADE_FEATURES
 @FEATURES
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The HTML page to write (one self-contained file).")  # fmt: skip
-@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--labels", type=EXISTING_FILE,
               help="CSV with columns path,label to colour the points [default: top-level folder].")  # fmt: skip
 @click.option("--projection", type=click.Choice(["auto", "umap", "tsne", "pca"]), default="auto", show_default=True,
               help="auto: t-SNE up to 20,000 points, else UMAP when umap-learn is installed, else PCA.")  # fmt: skip
@@ -117,11 +118,7 @@ def neighbours_cmd(features, query, top_k, weights, device, any_model, exact) ->
 
     ix = None if exact else index.load(coll)
     k = min(len(coll), top_k + len(rows[:1]))
-    if ix is None:
-        hits = neighbours(coll.z, vec, k)
-    else:
-        sims, found = index.knn(ix, vec, k)
-        hits = [(int(i), float(v)) for i, v in zip(found[0], sims[0]) if i >= 0]
+    hits = neighbours(coll.z, vec, k) if ix is None else index.nearest(ix, vec, k)
     for i, sim in hits:
         if rows and i == rows[0]:
             continue
@@ -190,8 +187,6 @@ def index_cmd(features, kind, weights, any_model, no_search, force, quiet) -> No
       coala-embed sounds/ -o feats.npy && coala-embed index feats.npy && coala-embed duplicates feats.npy"""
     import sys
 
-    import numpy as np
-
     from .. import index
 
     index.faiss_module()  # before any work: the extra is missing
@@ -204,12 +199,7 @@ def index_cmd(features, kind, weights, any_model, no_search, force, quiet) -> No
         model = load(weights, "cpu")
         check_model(coll, model, any_model)
         if model.tag is not None:
-            from ..tags import audio_projections
-
-            projections = np.concatenate(
-                [audio_projections(model, coll.z[a : a + 65_536]).numpy() for a in range(0, len(coll), 65_536)]
-                or [np.zeros((0, model.config.model.embedding_dim), np.float32)]
-            )
+            projections = index.projections(model, coll.z)
     record = index.write(coll, kind, projections, progress=not quiet and sys.stderr.isatty())
     mb = sum(f["bytes"] for f in record["files"].values()) / 2**20
     kinds = "/".join(f["kind"] for f in record["files"].values())
