@@ -22,7 +22,7 @@ from .device import resolve_precision
 from .errors import CoalaEmbedError
 from .files import atomic_write_all
 from .frontend import Patches
-from .journal import Journal, file_stamp, state_dir
+from .journal import Journal, discard, file_stamp, state_dir
 from .model import CoalaModel
 from .version import __version__
 
@@ -197,9 +197,7 @@ def run(
     manifest = finish(out, state, opts, model, shard=shard, seconds=time.time() - t0, n_inputs=len(paths),
                       fingerprint=fingerprint or inputs_fingerprint(paths), total_inputs=total_inputs or len(paths))  # fmt: skip
     state.close()
-    import shutil
-
-    shutil.rmtree(sdir)
+    discard(sdir)
     return manifest
 
 

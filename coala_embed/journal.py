@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,16 @@ STATE_SUFFIX = ".partial"
 
 def state_dir(out: Path) -> Path:
     return out.with_name(out.name + STATE_SUFFIX)
+
+
+def discard(folder: Path) -> None:
+    """Remove a run's progress folder as one step: it is renamed away first, so a kill while its files are being
+    deleted never leaves a log without the rows it counts (a later ``--resume`` would refuse it)."""
+    trash = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(trash, ignore_errors=True)  # left by a run killed while discarding
+    if folder.exists():
+        os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def lock_path(out: Path) -> Path:

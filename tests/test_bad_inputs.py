@@ -456,6 +456,37 @@ def test_resume_re_embeds_a_file_that_changed_since(tmp_path, weights_dir, monke
     assert np.load(out).shape[0] == 3
 
 
+def test_a_kill_while_the_progress_is_removed_leaves_a_resumable_output(tmp_path, weights_dir, monkeypatch):
+    """The run has written its outputs and is deleting its progress folder when it dies: the folder must never be
+    left holding a log whose rows are already gone (``--resume`` would refuse it)."""
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        sf.write(folder / f"s{i}.wav", noise(2.0, seed=i), SR)
+    out = tmp_path / "f.npy"
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):  # deletes the rows first, then the process "dies"
+        rows = os.path.join(path, "rows.f32")
+        if os.path.exists(rows):
+            os.unlink(rows)
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "rmtree", killed_midway)
+        _run(folder, "-o", out, "-q", "--weights", weights_dir)
+    assert out.exists()
+    r = _run(folder, "-o", out, "-q", "--weights", weights_dir, "--resume")
+    assert "shorter than its log" not in r.output
+    assert r.exit_code in (0, 2), r.output  # finished again, or "exists; add -f": never a broken journal
+    assert np.load(out).shape == (3, 1152)
+    r = _run(folder, "-o", out, "-q", "--weights", weights_dir)  # a new run is not blocked by a stale folder
+    assert "interrupted run" not in r.output
+
+
 def test_resume_with_other_settings_or_an_edited_config_is_refused(tmp_path, weights_dir, monkeypatch):
     import shutil
 

@@ -253,7 +253,7 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
     import json
 
     from ..batch import manifest_path
-    from ..journal import state_dir
+    from ..journal import discard, state_dir
 
     manifest = manifest_path(out)
     if manifest.exists():
@@ -267,9 +267,7 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
                 "manifest), or remove that output first"
             )
     if force:
-        import shutil
-
-        shutil.rmtree(state_dir(out), ignore_errors=True)
+        discard(state_dir(out))
         return
     if resume and state_dir(out).exists():
         return
