@@ -16,9 +16,11 @@
 #   ec    E-C, the paper's ablation without the autoencoders' decoders (training/configs/e_c.json)
 #   view  the base recipe plus the audio-audio invariance loss (two views of each sound; loss_weights.view=10)
 #   pair  view, with half the second views from another sound with the same raw tags (view.partner=0.5)
+#   lite  view without the audio decoder (loss_weights.audio=0): the invariance loss stands in for the
+#         reconstruction, at about three quarters of view's cost per sample; the tag autoencoder stays
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,18p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,20p' "$0"; exit 2; }
 RECIPE="$1"; SEED="$2"; SAMPLES="${3:-100000}"
 CONFIG="training/configs/experiments/$RECIPE.json"
 if [ ! -f "$CONFIG" ]; then
