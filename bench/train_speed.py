@@ -1,6 +1,6 @@
 """Training throughput: samples/s of one AE-C step (both autoencoders, three losses, batch 128), plain fp32
 with contiguous memory versus ours (bf16 autocast where the CPU has it natively, else fp32; channels-last;
-FastDropout), measured in one run; with ``--augment``, the cost of on-the-fly augmentation (training/augment.py)
+FastDropout), measured in one run; with ``--augment``, the cost of on-the-fly augmentation (training/fit/augment.py)
 against that step; with ``--view``, the cost of the audio-audio invariance loss (a second view of every patch
 through the encoder, ``loss_weights.view``) against that step.
 
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from coala_embed.device import bf16_native, cpu_name  # noqa: E402
-from training.train import DEFAULTS, build_models, build_optimizers, train_step  # noqa: E402
+from training.fit.loop import DEFAULTS, build_models, build_optimizers, train_step  # noqa: E402
 
 N_TAGS = 1000
 
@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--all", action="store_true", help="also time bf16 where it is not native (very slow)")
-    p.add_argument("--augment", default="", help="JSON of training/augment.py settings: also time augmentation")
+    p.add_argument("--augment", default="", help="JSON of training/fit/augment.py settings: also time augmentation")
     p.add_argument("--view", action="store_true", help="also time the default step with the invariance loss")
     p.add_argument("--parts", action="store_true", help="split the default AE-C step into its parts")
     a = p.parse_args()
@@ -151,7 +151,7 @@ def main() -> None:
     if a.augment and ours:
         import json
 
-        from training.augment import Augment, augment, mel_centres
+        from training.fit.augment import Augment, augment, mel_centres
 
         aug = Augment(**json.loads(a.augment))
         x = torch.randn(a.batch_size, 96, 96 + aug.extra_frames) - 6

@@ -30,8 +30,8 @@ def test_import_contracts_are_kept():
 
 # Calls that create or overwrite a file, and the argument that names it.
 _PATH_ARG = {"save": 0, "savez": 0, "savez_compressed": 0, "savefig": 0, "open": 0}
-_SCRATCH = {("training/smoke.py", "make_collection"), ("training/smoke.py", "make_tasks"),
-            ("training/notes.py", "render_notes")}  # fmt: skip  # throwaway test data; fluidsynth's scratch input
+_SCRATCH = {("training/corpus/smoke.py", "make_collection"), ("training/eval/tasks.py", "make_smoke_tasks"),
+            ("training/corpus/notes.py", "render_notes")}  # fmt: skip  # throwaway test data; fluidsynth's scratch input
 
 
 def _direct_writes(path: Path) -> list[str]:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from training import archives
-from training.corpus import build, read_manifest, scan
-from training.debian import download
-from training.patches import fit_scaler, max_energy_start, read_hdf5, window_starts, write_hdf5
-from training.sources import EXCLUDED_PACKAGES, FORBIDDEN_PACKAGES, PRETRAIN_PACKAGES, SOUNDFONTS, SOURCES
-from training.tags import build_vocabulary, multi_hot, normalize, path_tokens, tokenize
+from training.corpus import archives
+from training.corpus.build import build, read_manifest, scan
+from training.corpus.debian import download
+from training.corpus.patches import fit_scaler, max_energy_start, read_hdf5, window_starts, write_hdf5
+from training.corpus.sources import EXCLUDED_PACKAGES, FORBIDDEN_PACKAGES, PRETRAIN_PACKAGES, SOUNDFONTS, SOURCES
+from training.corpus.vocabulary import build_vocabulary, multi_hot, normalize, path_tokens, tokenize
 
 
 def test_tokenize_paths():
@@ -114,8 +114,8 @@ def test_user_manifest_builds_a_corpus(tmp_path):
 def test_provenance_and_fragments_stay_out_of_the_vocabulary(tmp_path):
     import json
 
-    from training.corpus import sound_words
-    from training.tags import drop_reason
+    from training.corpus.build import sound_words
+    from training.corpus.vocabulary import drop_reason
 
     words = frozenset({"bell", "rain", "game", "linux", "explosion"})
     keep = sound_words()
@@ -139,8 +139,8 @@ def test_provenance_and_fragments_stay_out_of_the_vocabulary(tmp_path):
 
 
 def test_no_package_adds_provenance_tags_to_all_its_sounds():
-    from training.sources import ALL_SOURCES
-    from training.tags import PROVENANCE_WORDS
+    from training.corpus.sources import ALL_SOURCES
+    from training.corpus.vocabulary import PROVENANCE_WORDS
 
     extra = {t for _, tags in ALL_SOURCES.values() for t in tags}
     assert not extra & (PROVENANCE_WORDS | {"game", "shooter", "fantasy", "tank", "war", "mod", "linux"})
@@ -256,7 +256,7 @@ def test_archives(tmp_path):
 
 
 def test_spoken_packages_are_tagged_by_metadata_never_by_the_word_spoken(tmp_path):
-    from training.sources import EVALUATION_PACKAGES, SPEECH_SOURCES
+    from training.corpus.sources import EVALUATION_PACKAGES, SPEECH_SOURCES
 
     # the speech packages are opt-in (--speech): the default corpus stays without them, but they are guarded like
     # every pretraining package; KLettres is the `languages` evaluation task and never enters pretraining
@@ -271,7 +271,7 @@ def test_spoken_packages_are_tagged_by_metadata_never_by_the_word_spoken(tmp_pat
 
 
 def test_a_package_cap_keeps_a_fixed_subset(tmp_path, monkeypatch):
-    import training.corpus as corpus_mod
+    import training.corpus.build as corpus_mod
 
     root = tmp_path / "extracted" / "gcin-voice" / "usr" / "share" / "gcin-voice" / "ogg"
     for i in range(12):

@@ -46,7 +46,7 @@ def test_cpu_name_names_the_isa():
 
 
 def test_training_precision_setting(monkeypatch):
-    from training.train import train_precision
+    from training.fit.loop import train_precision
 
     monkeypatch.setattr(dev, "bf16_native", lambda device="cpu": False)
     dev._warn_once.cache_clear()

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.losses import generalised_kl, nt_xent, tag_bce
-from training.models import CNN, AudioDecoder, FastDropout, TagDecoder, use_fast_dropout
+from training.fit.losses import generalised_kl, nt_xent, tag_bce
+from training.fit.networks import CNN, AudioDecoder, FastDropout, TagDecoder, use_fast_dropout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_fast_dropout_is_dropout():
 
 
 def test_spec_mask_drops_one_band_of_bins_and_one_of_frames():
-    from training.train import spec_mask
+    from training.fit.loop import spec_mask
 
     x = torch.rand(64, 1, 96, 96) + 0.5  # no zeros of its own
     y = spec_mask(x, 12, 20, torch.Generator().manual_seed(0))
@@ -125,7 +125,7 @@ def _train(data: Path, out: Path, *extra: str) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
-        "training.train",
+        "training.fit",
         "training/configs/ae_c.json",
         "--data",
         str(data),
@@ -227,7 +227,7 @@ def test_trains_from_the_original_hdf5_layout(smoke_data, tmp_path):
 
 
 def test_learning_rate_step_decay():
-    from training.train import learning_rate
+    from training.fit.loop import learning_rate
 
     cfg = {"lr": 1e-3, "lr_milestones": [[800, 0.01], [500, 0.1]]}
     assert [learning_rate(cfg, n) for n in (0, 499, 500, 799, 800, 10**6)] == pytest.approx(
@@ -248,7 +248,7 @@ def test_ddp_two_cpu_processes_agree(smoke_data, tmp_path):
             sock.bind(("127.0.0.1", 0))
             port = str(sock.getsockname()[1])
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", port, "-m", "training.train", "training/configs/ae_c.json", "--data", str(smoke_data),
+               "--master-port", port, "-m", "training.fit", "training/configs/ae_c.json", "--data", str(smoke_data),
                "--out", str(out), "--set", "max_samples=256", "min_samples=256", "batch_size=16", "threads=1", "device=cpu"]  # fmt: skip
         r = subprocess.run(
             cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
@@ -307,8 +307,8 @@ def test_run_sh_smoke(tmp_path):
 
 
 def test_selection_candidates(tmp_path):
-    from training.checkpoints import selected_checkpoint
-    from training.select import candidates
+    from training.eval.select import candidates
+    from training.fit.checkpoints import selected_checkpoint
 
     for e in range(30):
         (tmp_path / f"snapshot_epoch{e}.pt").touch()
@@ -323,7 +323,7 @@ def test_selection_candidates(tmp_path):
 
 
 def test_selection_scores_best_pt_only_when_its_encoders_are_new(tmp_path, monkeypatch):
-    import training.select as sel
+    import training.eval.select as sel
 
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
@@ -342,7 +342,7 @@ def test_selection_scores_best_pt_only_when_its_encoders_are_new(tmp_path, monke
 
 
 def test_selection_across_seeds_links_the_best_run(tmp_path, monkeypatch):
-    import training.select as sel
+    import training.eval.select as sel
 
     means = {"ae_c_s0": 81.0, "ae_c_s1": 83.5, "ae_c_s2": 82.0}
     monkeypatch.setattr(
@@ -367,7 +367,7 @@ def test_selection_across_seeds_links_the_best_run(tmp_path, monkeypatch):
 def test_each_experiment_file_is_its_recipe_over_the_base_config():
     from pathlib import Path
 
-    from training.train import load_config
+    from training.fit.loop import load_config
 
     folder = Path("training/configs/experiments")
     recipes = {
@@ -385,7 +385,7 @@ def test_each_experiment_file_is_its_recipe_over_the_base_config():
 
 
 def test_every_table_states_the_margin_over_random_weights_per_recipe():
-    from training.evaluate import markdown
+    from training.eval.evaluate import markdown
 
     rows = []
     for emb, accs in (("ae_c", (0.9, 0.8)), ("random", (0.85, 0.82)), ("mfcc", (0.7, 0.6))):
@@ -401,7 +401,7 @@ def test_every_table_states_the_margin_over_random_weights_per_recipe():
 
 
 def test_seed_groups_are_the_mean_and_spread_over_the_runs():
-    from training.evaluate import markdown, seed_groups
+    from training.eval.evaluate import markdown, seed_groups
 
     rows = [{"task": t, "embedding": e, "recipe": "signal", "mlp_mean": acc, "mlp_std": 0.0, "logreg": 0.5}
             for t, accs in (("digits", (0.90, 0.94)), ("events", (0.70, 0.60)))
@@ -417,7 +417,7 @@ def test_seed_groups_are_the_mean_and_spread_over_the_runs():
 
 
 def test_a_run_is_read_with_the_corpus_it_was_trained_on(tmp_path):
-    from training.checkpoints import run_corpus
+    from training.fit.checkpoints import run_corpus
 
     run = tmp_path / "runs" / "ae_c2"
     run.mkdir(parents=True)
@@ -429,7 +429,7 @@ def test_a_run_is_read_with_the_corpus_it_was_trained_on(tmp_path):
 def test_cca_and_average_precision():
     import numpy as np
 
-    from training.analysis import average_precision, mean_cca
+    from training.eval.analysis import average_precision, mean_cca
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((500, 40))
@@ -441,7 +441,7 @@ def test_cca_and_average_precision():
 
 
 def test_augmentation_off_is_the_identity_and_on_is_reproducible():
-    from training.augment import Augment, augment
+    from training.fit.augment import Augment, augment
 
     x = torch.randn(16, 96, 96) - 6
     tags = (torch.rand(16, 40) < 0.1).float()
@@ -456,7 +456,7 @@ def test_augmentation_off_is_the_identity_and_on_is_reproducible():
 
 
 def test_mixing_adds_magnitudes_and_unites_the_tags():
-    from training.augment import Augment, augment
+    from training.fit.augment import Augment, augment
 
     x = torch.full((4, 96, 96), -20.0)
     x[0, :10] = 0.0  # sound 0: energy in the low bands only
@@ -475,7 +475,7 @@ def test_mixing_adds_magnitudes_and_unites_the_tags():
 
 
 def test_a_background_mix_sits_under_the_patch():
-    from training.augment import DB, Augment, augment
+    from training.fit.augment import DB, Augment, augment
 
     x = torch.full((2, 96, 96), -20.0)
     x[0, :10] = 0.0
@@ -492,7 +492,7 @@ def test_a_background_mix_sits_under_the_patch():
 def test_the_invariance_loss_pairs_two_views_of_each_sound(smoke_data):
     """``loss_weights.view`` adds a projection head trained with the audio side, second views drawn from the
     same sound's patch range, and a ``view`` loss that is low for identical views and high for unrelated ones."""
-    from training.train import PatchData, build_models, build_optimizers, load_config, second_view, step_losses
+    from training.fit.loop import PatchData, build_models, build_optimizers, load_config, second_view, step_losses
 
     cfg = load_config("training/configs/ae_c.json", ["loss_weights.view=10"])
     assert cfg["loss_weights"]["audio"] == 5.0  # the file's weights are kept beside the new key
@@ -506,7 +506,7 @@ def test_the_invariance_loss_pairs_two_views_of_each_sound(smoke_data):
     idx = torch.arange(16)
     starts = data.train_start[idx]
     plain = dict(cfg, view=dict(cfg["view"], crop=True, augment={}))
-    from training.augment import Augment
+    from training.fit.augment import Augment
 
     gen_views = [second_view(plain, data, idx, starts, Augment(), s, None) for s in (1, 2)]
     assert not torch.equal(gen_views[0], gen_views[1])  # other crops of the sounds
@@ -538,7 +538,7 @@ def test_the_invariance_loss_pairs_two_views_of_each_sound(smoke_data):
 
 
 def test_pitch_shift_moves_a_tone_up_the_mel_axis():
-    from training.augment import mel_centres, resample_patches
+    from training.fit.augment import mel_centres, resample_patches
 
     c = mel_centres()
     x = torch.full((2, 96, 120), -20.0)
@@ -551,7 +551,7 @@ def test_pitch_shift_moves_a_tone_up_the_mel_axis():
 
 
 def test_tag_dropout_keeps_at_least_one_tag():
-    from training.augment import drop_tags
+    from training.fit.augment import drop_tags
 
     tags = (torch.rand(256, 30) < 0.1).float()
     tags[:, 0] = 1
@@ -561,7 +561,7 @@ def test_tag_dropout_keeps_at_least_one_tag():
 
 
 def test_weight_decay_selects_adamw():
-    from training.train import DEFAULTS, build_models, build_optimizers
+    from training.fit.loop import DEFAULTS, build_models, build_optimizers
 
     cfg = dict(DEFAULTS, weight_decay=0.01)
     opts = build_optimizers(cfg, build_models(cfg, 10))
@@ -575,8 +575,8 @@ def test_the_run_config_carries_the_model_and_the_corpus_its_front_end(tmp_path)
     import json
 
     from coala_embed.config import FrontendConfig
-    from training.checkpoints import corpus_frontend
-    from training.train import build_models, load_config, model_config
+    from training.fit.checkpoints import corpus_frontend
+    from training.fit.loop import build_models, load_config, model_config
 
     cfg = load_config(
         "training/configs/ae_c.json", ["model.channels=32", "model.embedding_dim=288", "model.dropout=0.1"]

@@ -13,8 +13,8 @@ from pathlib import Path
 from coala_embed import CoalaConfig, save_pretrained
 from coala_embed.files import write_text
 
-from .checkpoints import build_model, machine, run_corpus, seeds_file, selected_checkpoint
 from .cli import parser, start
+from .fit.checkpoints import build_model, machine, run_corpus, seeds_file, selected_checkpoint
 
 
 def git_commit() -> str:
@@ -27,7 +27,7 @@ def git_commit() -> str:
 
 
 def seed_runs(run: Path) -> dict[str, float]:
-    """Where ``run`` is the link ``training.select --as`` made: each seed's run and its selected checkpoint's mean
+    """Where ``run`` is the link ``training.eval.select --as`` made: each seed's run and its selected checkpoint's mean
     validation accuracy (``RUNS/NAME_seeds.json``); else empty."""
     f = seeds_file(run)
     if not run.is_symlink() or not f.exists():
@@ -37,11 +37,11 @@ def seed_runs(run: Path) -> dict[str, float]:
 
 def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", recipe: str | None = None) -> Path:
     """Write ``out/config.json`` + ``out/model.safetensors`` for the run's checkpoint; ``recipe`` (a name in
-    ``training.evaluate.RECIPES``) sets the default clip recipe chosen on the validation splits."""
+    ``training.eval.evaluate.RECIPES``) sets the default clip recipe chosen on the validation splits."""
 
     model, meta = build_model(run, corpus, checkpoint)
     if recipe:
-        from .evaluate import with_recipe
+        from .eval.evaluate import with_recipe
 
         model.config = with_recipe(model.config, recipe)
     stats = json.loads((corpus / "stats.json").read_text()) if (corpus / "stats.json").exists() else {}
@@ -146,7 +146,7 @@ emb = get_embedding(audio, sr, model=model)   # [{clip_dim}] float32
 
 {stats.get("sounds")} sounds ({stats.get("hours")} h, {stats.get("multi_patch_windows")} training windows) from Debian packages of game
 and desktop sounds, voice prompts, samples and General MIDI notes rendered with fluidsynth; {stats.get("vocabulary")} tags
-from their paths, texts and transcripts ({stats.get("tags_per_sound")} per sound). Built by `training/corpus.py`.
+from their paths, texts and transcripts ({stats.get("tags_per_sound")} per sound). Built by `training/corpus/build.py`.
 
 | source package | version | files | hours | licence |
 |---|---|---|---|---|
@@ -154,7 +154,7 @@ from their paths, texts and transcripts ({stats.get("tags_per_sound")} per sound
 
 ## Evaluation
 
-Held-out tasks never seen in training (`training/tasks.py`, each with a card): spoken digits (FSDD, held-out
+Held-out tasks never seen in training (`training/eval/tasks.py`, each with a card): spoken digits (FSDD, held-out
 speakers), sound events (0ad-data), instrument families (GM notes from musescore-general-soundfont, unseen
 programs), drums (29 GM percussion names: trained on MuseScore's drum kits, tested on the two acoustic kits of
 avldrums.lv2-soundfont, a source apart from the corpus) and spoken languages (KLettres voices). Protocol of the
@@ -169,7 +169,7 @@ of z over the patches that hold signal); `ae_c` is this checkpoint, `ae_c_sN` th
 
 ### Validation split (used for every choice)
 {tables.get("val", "(not run)")}
-### Tags and CCA (`training/analysis.py`)
+### Tags and CCA (`training/eval/analysis.py`)
 {analysis}
 
 ## Limits
@@ -195,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--checkpoint",
         default=None,
-        help="file in the run folder (default: the one training.select chose, else best.pt)",
+        help="file in the run folder (default: the one training.eval.select chose, else best.pt)",
     )
     p.add_argument("--out", default="weights")
     p.add_argument(
-        "--recipe", default=None, help="default clip recipe (see training/evaluate.py), chosen on validation"
+        "--recipe", default=None, help="default clip recipe (see training/eval/evaluate.py), chosen on validation"
     )
     p.add_argument("--card", type=Path, default=None, help="evaluation folder: also write the model card README.md")
     a, root = start(p, argv)

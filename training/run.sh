@@ -68,7 +68,7 @@ train() {  # train CONFIG RUN [KEY=VALUE ...]: DATA/runs/RUN, resumed if it stop
   if [ -e "$DATA/runs/$run/DONE" ]; then
     echo "   $run already trained"
   else
-    $PY -m training.train "training/configs/$config.json" --set name="$run" "$@" ${TRAIN_SET[@]+"${TRAIN_SET[@]}"} \
+    $PY -m training.fit "training/configs/$config.json" --set name="$run" "$@" ${TRAIN_SET[@]+"${TRAIN_SET[@]}"} \
       2>&1 | tee -a "$DATA/logs/$run.log"
   fi
 }
@@ -85,25 +85,25 @@ stop_after cnn
 
 if stage tasks; then
   if [ "$SMOKE" = 1 ]; then
-    $PY -c "from pathlib import Path; from training.smoke import make_tasks; make_tasks(Path('$DATA'))"
+    $PY -m training.eval.tasks --smoke
   else
-    $PY -m training.tasks
+    $PY -m training.eval.tasks
   fi
 fi
 stop_after tasks
 
 if stage select; then  # each seed's checkpoint, then the seed: DATA/runs/ae_c links to the chosen run
-  $PY -m training.select $(printf -- '--run %s ' "${AE_C_RUNS[@]}") --as ae_c "${SELECT_ARGS[@]}"
+  $PY -m training.eval.select $(printf -- '--run %s ' "${AE_C_RUNS[@]}") --as ae_c "${SELECT_ARGS[@]}"
 fi
 stop_after select
 
 if stage evaluate; then
   SEED_ARGS=($(printf -- '--model %s ' "${AE_C_RUNS[@]}") --group "ae_c=$(IFS=,; echo "${AE_C_RUNS[*]}")")
   for split in val test; do
-    $PY -m training.evaluate --model ae_c --model e_c --model cnn --model random "${SEED_ARGS[@]}" --split "$split" \
+    $PY -m training.eval --model ae_c --model e_c --model cnn --model random "${SEED_ARGS[@]}" --split "$split" \
       "${EVAL_ARGS[@]}"
   done
-  $PY -m training.analysis --model ae_c --model e_c --model cnn --model random
+  $PY -m training.eval.analysis --model ae_c --model e_c --model cnn --model random
 fi
 stop_after evaluate
 

@@ -37,10 +37,10 @@ EVAL="$DATA/eval/$NAME"
 mkdir -p "$DATA/logs"
 done_samples() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))['samples'])" "$DATA/runs/$NAME/DONE" 2>/dev/null || echo 0; }
 if [ "$(done_samples)" -lt "$SAMPLES" ]; then
-  $PY -m training.train "$CONFIG" --set name="$NAME" max_samples="$SAMPLES" \
+  $PY -m training.fit "$CONFIG" --set name="$NAME" max_samples="$SAMPLES" \
     min_samples="$SAMPLES" seed="$SEED" >> "$DATA/logs/$NAME.log" 2>&1
 fi
 LAST=$(cd "$DATA/runs/$NAME" && ls snapshot_epoch*.pt | sort -V | tail -1)
-$PY -m training.evaluate --model "$NAME:$LAST" --model random --recipe signal --recipe signal_zmax --split val --seeds 0 \
+$PY -m training.eval --model "$NAME:$LAST" --model random --recipe signal --recipe signal_zmax --split val --seeds 0 \
   --out "$EVAL" >> "$DATA/logs/$NAME.log" 2>&1
 tail -2 "$EVAL/results_val.md" | sed "s/^/$NAME $LAST: /"

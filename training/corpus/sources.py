@@ -110,7 +110,7 @@ FM_SOUNDFONTS: dict[str, tuple[str, str]] = {
 }
 ALL_SOUNDFONTS = {**SOUNDFONTS, **FM_SOUNDFONTS}
 
-# The evaluation tasks: never part of pretraining (training/tasks.py builds them).
+# The evaluation tasks: never part of pretraining (training/eval/tasks.py builds them).
 EVALUATION_PACKAGES = ("0ad-data", "musescore-general-soundfont", "klettres-data", "avldrums.lv2-soundfont")
 # Not to be used anywhere in the project.
 FORBIDDEN_PACKAGES = (

@@ -1,7 +1,7 @@
 """Train AE-C, E-C or the CNN tagger baseline on the corpus (docs/method.md sections 4-5), resumably.
 
-    python -m training.train training/configs/ae_c.json [--data DIR] [--out DIR] [--set key=value ...]
-    torchrun --nproc-per-node 2 -m training.train training/configs/ae_c.json   # DistributedDataParallel
+    python -m training.fit training/configs/ae_c.json [--data DIR] [--out DIR] [--set key=value ...]
+    torchrun --nproc-per-node 2 -m training.fit training/configs/ae_c.json   # DistributedDataParallel
 
 Rerunning the same command continues from the last checkpoint (written atomically every few minutes).
 Everything lands in ``OUT`` (default ``DATA/runs/<variant>``): ``config.json`` (resolved), ``ckpt.pt``
@@ -30,14 +30,14 @@ from coala_embed.device import cpu_name, resolve_precision
 from coala_embed.files import atomic_write, write_text
 from coala_embed.model import AudioEncoder, TagEncoder
 
+from ..cli import parser, start
+from ..corpus.patches import PATCH, window_starts
 from .augment import Augment, augment, drop_tags, mel_centres
 from .checkpoints import model_config
-from .cli import parser, start
 from .losses import generalised_kl, nt_xent, tag_bce
-from .models import CNN, AudioDecoder, TagDecoder, ViewHead, use_fast_dropout
-from .patches import PATCH, window_starts
+from .networks import CNN, AudioDecoder, TagDecoder, ViewHead, use_fast_dropout
 
-log = logging.getLogger("training.train")
+log = logging.getLogger(__name__)
 
 DEFAULTS: dict = {
     "variant": "ae_c",  # ae_c | e_c | cnn
@@ -48,7 +48,7 @@ DEFAULTS: dict = {
     "loss_weights": {"audio": 5.0, "tag": 5.0, "contrastive": 10.0, "view": 0.0},
     "tau": 0.1,
     # The second view of each training patch, seen by the audio encoder alone when loss_weights.view > 0: another
-    # crop of the same sound (crop=true; false: the same crop) through its own augmentation (training/augment.py);
+    # crop of the same sound (crop=true; false: the same crop) through its own augmentation (training/fit/augment.py);
     # the default is the signal augmentations plus, for half the views, another sound of the batch 6-20 dB under.
     "view": {
         "tau": 0.2,
@@ -70,7 +70,7 @@ DEFAULTS: dict = {
     # Masking of the audio encoder's input (SpecAugment-style: per patch one band of up to `freq` mel bins and one
     # of up to `time` frames set to 0); the audio decoder still reconstructs the unmasked patch. 0: off (the paper).
     "mask": {"freq": 0, "time": 0},
-    # On-the-fly augmentation of the training patches (training/augment.py); all off: the paper's recipe
+    # On-the-fly augmentation of the training patches (training/fit/augment.py); all off: the paper's recipe
     "augment": dataclasses.asdict(Augment()),
     "tag_dropout": 0.0,  # probability of removing each positive tag of a training target (at least one stays)
     "weight_decay": 0.0,  # > 0: AdamW with this decoupled weight decay instead of Adam
@@ -172,7 +172,7 @@ class PatchData:
     def _from_hdf5(self, cfg: dict) -> None:
         """The authors' HDF5 files (already scaled max-energy patches, multi-hot labels), laid end to end
         as one spectrogram so that the same gathering code serves them; the scaler is then the identity."""
-        from .patches import read_hdf5
+        from ..corpus.patches import read_hdf5
 
         _, tr, ytr = read_hdf5(cfg["hdf5_train"])
         _, va, yva = read_hdf5(cfg["hdf5_val"])

@@ -7,7 +7,7 @@ their top ``--pcs`` principal components (SVCCA's SVD step; with ~600 validation
 dimensions would be degenerate), then the canonical correlations are the singular values of ``Qx^T Qy``
 (Q from thin QR decompositions); we report their mean over ``min(pcs, descriptor dims)`` components.
 
-    python -m training.analysis --model ae_c --model e_c --model cnn --model random
+    python -m training.eval.analysis --model ae_c --model e_c --model cnn --model random
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import torch
 from coala_embed.api import embed_patches
 from coala_embed.files import write_text
 
-from .checkpoints import resolve_model, run_corpus, spec_run
-from .cli import parser, start
-from .corpus import CORPUS_FRONTEND
-from .patches import PATCH
+from ..cli import parser, start
+from ..corpus.build import CORPUS_FRONTEND
+from ..corpus.patches import PATCH
+from ..fit.checkpoints import resolve_model, run_corpus, spec_run
 
-log = logging.getLogger("training.analysis")
+log = logging.getLogger(__name__)
 
 
 def val_patches(corpus: Path) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:

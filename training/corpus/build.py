@@ -27,8 +27,8 @@ from coala_embed.errors import AudioError
 from coala_embed.files import atomic_write, save_npy, save_npz, write_text
 from coala_embed.frontend import log_mel, pad, resample
 
+from ..cli import parser, start
 from . import notes
-from .cli import parser, start
 from .debian import download, extract
 from .patches import PATCH, fit_scaler, max_energy_start, window_starts
 from .sources import (
@@ -47,9 +47,9 @@ from .sources import (
     SPEECH_SOURCES,
     WIDE_SOURCES,
 )
-from .tags import build_vocabulary, drop_reason, multi_hot, normalize, path_tokens, read_words, tokenize
+from .vocabulary import build_vocabulary, drop_reason, multi_hot, normalize, path_tokens, read_words, tokenize
 
-log = logging.getLogger("training.corpus")
+log = logging.getLogger(__name__)
 MAX_SECONDS = 120.0  # longer files (music) are cut: enough patches, bounded memory
 MAX_DESC = 3000  # spoken stamp descriptions kept, so one voice does not dominate
 # The corpus's log-mels: the package's front-end with the original's 10-s padding (docs/method.md 1.2); recorded in
@@ -398,9 +398,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-count", type=int, default=10, help="a tag must be in at least this many sounds")
     p.add_argument("--hdf5", action="store_true", help="also write the original HDF5 layout (train and validation)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--speech", action="store_true", help="add the opt-in speech packages (training/sources.py)")
-    p.add_argument("--fm-notes", action="store_true", help="add notes of the opt-in FM soundfont (training/sources.py)")
-    p.add_argument("--wide", action="store_true", help="add the opt-in wider corpus (training/sources.py WIDE_SOURCES)")
+    p.add_argument("--speech", action="store_true", help="add the opt-in speech packages (training/corpus/sources.py)")
+    p.add_argument(
+        "--fm-notes", action="store_true", help="add notes of the opt-in FM soundfont (training/corpus/sources.py)"
+    )
+    p.add_argument(
+        "--wide", action="store_true", help="add the opt-in wider corpus (training/corpus/sources.py WIDE_SOURCES)"
+    )
     a, data = start(p, argv)
     words = None
     if a.smoke:

@@ -1,4 +1,4 @@
-"""The paper's downstream evaluation (docs/method.md section 7) on the held-out tasks of ``training/tasks.py``.
+"""The paper's downstream evaluation (docs/method.md section 7) on the held-out tasks of ``training/eval/tasks.py``.
 
 For each embedding (a trained run or exported folder, the same encoder with random weights, the MFCC
 baseline) and each clip recipe (pooling mode, patch hop, mean or mean+std of the patch embeddings):
@@ -9,8 +9,8 @@ scores the test split once, for the tables. Results go to ``OUT/results_<split>.
 ``--group LABEL=RUN,RUN,...`` adds the mean ± std over those runs (one recipe trained with several seeds) of
 each run's accuracy: the spread between training seeds, beside the MLP's spread within each.
 
-    python -m training.evaluate --model ae_c --model e_c --model cnn --split val
-    python -m training.evaluate --model ae_c_s0 --model ae_c_s1 --model ae_c_s2 --group ae_c=ae_c_s0,ae_c_s1,ae_c_s2
+    python -m training.eval --model ae_c --model e_c --model cnn --split val
+    python -m training.eval --model ae_c_s0 --model ae_c_s1 --model ae_c_s2 --group ae_c=ae_c_s0,ae_c_s1,ae_c_s2
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from coala_embed.config import FrontendConfig
 from coala_embed.files import atomic_write, save_npy, write_text
 from coala_embed.streaming import file_patches
 
-from .checkpoints import checkpoint_key, machine, resolve_model
-from .cli import parser, start
+from ..cli import parser, start
+from ..fit.checkpoints import checkpoint_key, machine, resolve_model
 from .tasks import TASKS, read_task
 
-log = logging.getLogger("training.evaluate")
+log = logging.getLogger(__name__)
 
 # Clip recipes: name -> overrides of a checkpoint's config (coala_embed.config): how the front-end cuts a clip
 # into patches, and how the clip vector is made of them

@@ -1,5 +1,5 @@
-"""A tiny generated world for ``run.sh --smoke`` and the tests: a tagged collection (read through the same
-``--manifest`` path a user's own collection takes) and small tasks laid out like the real ones."""
+"""A tiny generated world for ``run.sh --smoke`` and the tests: a tagged collection, read through the same
+``--manifest`` path a user's own collection takes (the matching small tasks: ``training.eval.tasks``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ KINDS = {  # name -> (tags, generator of one sound)
 }
 
 
-def _sound(kind: str, rng: np.random.Generator) -> np.ndarray:
+def sound(kind: str, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(int(rng.uniform(0.6, 4.0) * SR)) / SR
     return (0.5 * KINDS[kind][1](rng, t)).astype(np.float32)
 
@@ -36,7 +36,7 @@ def make_collection(folder: Path, per_kind: int = 24, seed: int = 0) -> Path:
     for kind, (tags, _) in KINDS.items():
         for i in range(per_kind):
             name = f"{kind.replace(' ', '_')}_{i:02d}.wav"
-            sf.write(folder / name, _sound(kind, rng), SR)
+            sf.write(folder / name, sound(kind, rng), SR)
             extra = " short" if i % 2 else " long"
             rows.append({"path": name, "tags": tags + extra, "source": "smoke"})
     with open(manifest, "w", newline="") as f:
@@ -44,28 +44,3 @@ def make_collection(folder: Path, per_kind: int = 24, seed: int = 0) -> Path:
         w.writeheader()
         w.writerows(rows)
     return manifest
-
-
-def make_tasks(data: Path, seed: int = 1) -> None:
-    """One small classification task per name in ``tasks.TASKS`` under ``data/tasks``, with train / val / test splits."""
-    from .tasks import TASKS, write_task
-
-    rng = np.random.default_rng(seed)
-    kinds = list(KINDS)
-    for t, task in enumerate(TASKS):
-        folder = data / "tasks" / task
-        if (folder / "task.csv").exists():
-            continue
-        (folder / "audio").mkdir(parents=True, exist_ok=True)
-        rows = []
-        for k, kind in enumerate(kinds[t : t + 3]):
-            for i in range(15):
-                path = folder / "audio" / f"{k}_{i:02d}.wav"
-                sf.write(path, _sound(kind, rng), SR)
-                split = "test" if i < 3 else ("val" if i < 6 else "train")
-                rows.append({"path": str(path), "label": kind, "split": split, "group": str(i)})
-        write_task(
-            folder,
-            rows,
-            {"task": task, "source": "generated (smoke)", "split_rule": "3 test, 3 val, 9 train per class"},
-        )

@@ -17,7 +17,8 @@
 
 Each task is a folder ``DATA/tasks/<name>/`` with ``task.csv`` (path, label, split, group) and ``card.json``.
 
-    python -m training.tasks [--data DIR] [--fsdd PATH]
+    python -m training.eval.tasks [--data DIR] [--fsdd PATH]
+    python -m training.eval.tasks --smoke      # tiny generated tasks for run.sh --smoke and the tests
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ import soundfile as sf
 
 from coala_embed.files import atomic_write, write_bytes, write_text
 
-from .cli import parser, start
-from .debian import download, extract
-from .notes import GM_DRUMS, GM_FAMILIES, GM_PROGRAMS, render_notes
+from ..cli import parser, start
+from ..corpus.debian import download, extract
+from ..corpus.notes import GM_DRUMS, GM_FAMILIES, GM_PROGRAMS, render_notes
 
-log = logging.getLogger("training.tasks")
+log = logging.getLogger(__name__)
 TASKS = ("digits", "events", "instruments", "drums", "languages")
 # Drum kits of MuseScore_General (bank 128 presets) by split: whole kit families are held out
 DRUM_KITS = {
@@ -297,10 +298,39 @@ def build_all(data: Path, fsdd: Path = DEFAULT_FSDD) -> dict[str, Path]:
     }
 
 
+def make_smoke_tasks(data: Path, seed: int = 1) -> None:
+    """One small classification task per name in ``TASKS`` under ``data/tasks``, with train / val / test splits."""
+    from ..corpus.smoke import KINDS, SR, sound
+
+    rng = np.random.default_rng(seed)
+    kinds = list(KINDS)
+    for t, task in enumerate(TASKS):
+        folder = data / "tasks" / task
+        if (folder / "task.csv").exists():
+            continue
+        (folder / "audio").mkdir(parents=True, exist_ok=True)
+        rows = []
+        for k, kind in enumerate(kinds[t : t + 3]):
+            for i in range(15):
+                path = folder / "audio" / f"{k}_{i:02d}.wav"
+                sf.write(path, sound(kind, rng), SR)
+                split = "test" if i < 3 else ("val" if i < 6 else "train")
+                rows.append({"path": str(path), "label": kind, "split": split, "group": str(i)})
+        write_task(
+            folder,
+            rows,
+            {"task": task, "source": "generated (smoke)", "split_rule": "3 test, 3 val, 9 train per class"},
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--fsdd", type=Path, default=DEFAULT_FSDD, help="FSDD recordings folder")
+    p.add_argument("--smoke", action="store_true", help="small generated tasks (for run.sh --smoke and the tests)")
     a, data = start(p, argv)
+    if a.smoke:
+        make_smoke_tasks(data)
+        return 0
     for name, folder in build_all(data, a.fsdd).items():
         card = json.loads((folder / "card.json").read_text())
         print(name, card["files"], "files", card["hours"], "h", len(card["classes"]), "classes")

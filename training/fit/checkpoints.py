@@ -17,7 +17,7 @@ SELECTED = "selected.json"
 
 
 def seeds_file(link: Path) -> Path:
-    """Where ``training.select --as NAME`` records the runs it chose ``DATA/runs/NAME`` from: ``NAME_seeds.json``."""
+    """Where ``training.eval.select --as NAME`` records the runs it chose ``DATA/runs/NAME`` from: ``NAME_seeds.json``."""
     return link.with_name(f"{link.name}_seeds.json")
 
 
@@ -103,7 +103,7 @@ def spec_run(spec: str, data: Path) -> Path | None:
 
 
 def resolve_model(spec: str, data: Path) -> tuple[str, CoalaModel]:
-    """``NAME`` (a run in DATA/runs: the checkpoint ``training.select`` chose, else its best.pt), ``NAME:FILE`` (another checkpoint of that run, e.g.
+    """``NAME`` (a run in DATA/runs: the checkpoint ``training.eval.select`` chose, else its best.pt), ``NAME:FILE`` (another checkpoint of that run, e.g.
     ``ae_c:snapshot_epoch4.pt``), ``random`` (untrained encoder with the corpus scaler), or ``NAME=PATH`` (an
     exported folder, e.g. ``shipped=weights``)."""
     run = spec_run(spec, data)

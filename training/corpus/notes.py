@@ -1,6 +1,6 @@
 """Render General MIDI notes from a soundfont with fluidsynth, tagged by program name, family and register.
 
-Also used by ``training/tasks.py`` for the instrument-family evaluation task (another soundfont)."""
+Also used by ``training/eval/tasks.py`` for the instrument-family evaluation task (another soundfont)."""
 
 from __future__ import annotations
 

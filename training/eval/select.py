@@ -2,8 +2,8 @@
 
 Training saves the encoders of every epoch (``snapshot_epochN.pt``); the lowest validation *loss* (``best.pt``)
 is not always the best *embedding*. This stage scores candidate checkpoints with the evaluation protocol
-(``training/evaluate.py``: the clip recipe the checkpoint ships with, ``signal_zmax``; MLP probe, mean accuracy
-over ``--seeds`` seeds) on the five validation splits and writes ``RUN/selected.json``; ``training.evaluate --model NAME`` and
+(``training/eval/evaluate.py``: the clip recipe the checkpoint ships with, ``signal_zmax``; MLP probe, mean accuracy
+over ``--seeds`` seeds) on the five validation splits and writes ``RUN/selected.json``; ``training.eval.evaluate --model NAME`` and
 ``training.export`` then use that checkpoint. The highest mean accuracy over the tasks wins.
 
 Several ``--run``s (the same recipe trained with different seeds) are chosen between the same way: each run's
@@ -14,9 +14,9 @@ Candidates: every ``--every``-th epoch of the whole run (epochs every/2, 3*every
 ``best.pt``. Scores are cached in ``RUN/selection_scores.json`` (keyed by file, size and time), so snapshots
 can be scored while training runs (``--score-only``) and the final selection only scores what is new.
 
-    python -m training.select [--run ae_c] [--every 8] [--seeds 2]
-    python -m training.select --run ae_c_s0 --run ae_c_s1 --run ae_c_s2 --as ae_c
-    python -m training.select --score-only --wait      # score each new candidate as training writes it
+    python -m training.eval.select [--run ae_c] [--every 8] [--seeds 2]
+    python -m training.eval.select --run ae_c_s0 --run ae_c_s1 --run ae_c_s2 --as ae_c
+    python -m training.eval.select --score-only --wait      # score each new candidate as training writes it
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pathlib import Path
 
 from coala_embed.files import write_text
 
-from .checkpoints import SELECTED, checkpoint_key, encoder_digest, resolve_model, seeds_file
-from .cli import parser, start
+from ..cli import parser, start
+from ..fit.checkpoints import SELECTED, checkpoint_key, encoder_digest, resolve_model, seeds_file
 
 log = logging.getLogger(__name__)
 CACHE = "selection_scores.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import archives
 from .sources import ARCHIVE_EXTENSIONS, AUDIO_EXTENSIONS, EXCLUDED_PACKAGES, forbidden
 
-log = logging.getLogger("training.debian")
+log = logging.getLogger(__name__)
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -19,7 +19,7 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 def download(packages: list[str], debs: Path, allow_excluded: bool = False) -> dict[str, str]:
     """``apt-get download`` each package once; return package -> version. The evaluation packages are
-    refused unless ``allow_excluded`` (only ``training/tasks.py`` sets it); forbidden ones always are."""
+    refused unless ``allow_excluded`` (only ``training/eval/tasks.py`` sets it); forbidden ones always are."""
     debs.mkdir(parents=True, exist_ok=True)
     versions = {}
     for pkg in packages:

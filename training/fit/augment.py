@@ -37,7 +37,7 @@ DB = math.log(10.0) / 20.0  # one dB of magnitude in natural-log units
 
 @dataclass(frozen=True)
 class Augment:
-    """The augmentation settings of a run (``cfg["augment"]``); see the module docstring."""
+    """The augmentation settings of a run (``TrainConfig.augment`` and ``view.augment``); see the module docstring."""
 
     mix: float = 0.0
     mix_db: float = 6.0
