@@ -113,3 +113,27 @@ def test_without_faiss_every_command_keeps_the_exact_path(feats, weights_dir, mo
     assert _run("neighbours", feats, "s0.wav").exit_code == 0
     assert _run("duplicates", feats).exit_code == 0
     assert _run("search", feats, "tag1", "--weights", weights_dir).exit_code == 0
+
+
+def test_dense_duplicate_candidates_are_confirmed_in_slices(tmp_path, monkeypatch):
+    """A collection where every pair is a candidate (threshold 0) gives the exact groups without gathering the
+    rows of all candidates at once: memory stays bounded by CONFIRM_PAIRS, not by the number of pairs."""
+    pytest.importorskip("faiss")
+    import tracemalloc
+
+    from coala_embed import index
+    from coala_embed.collection import duplicates, group_pairs, load_collection
+
+    rng = np.random.default_rng(1)
+    _fake_collection(tmp_path / "f.npy", np.abs(rng.standard_normal((1500, 64)).astype(np.float32)) + 1)
+    coll = load_collection(tmp_path / "f.npy")
+    index.write(coll, "flat")
+    ix = index.load(coll)
+    monkeypatch.setattr(index, "CONFIRM_PAIRS", 1000)
+    tracemalloc.start()
+    pairs = list(index.duplicate_pairs(ix, coll.z, 0.0))  # ~1.1M pairs; all rows at once would be ~580 MB
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(pairs) == 1500 * 1499 // 2
+    assert peak < 200 * 2**20, f"{peak / 2**20:.0f} MB"
+    assert group_pairs(len(coll), pairs) == duplicates(coll.z, 0.0)
