@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -26,7 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from coala_embed.device import bf16_native, cpu_name  # noqa: E402
-from training.fit.loop import DEFAULTS, build_models, build_optimizers, train_step  # noqa: E402
+from training.fit.config import LossWeights, TrainConfig  # noqa: E402
+from training.fit.loop import build_models, build_optimizers, train_step  # noqa: E402
 
 N_TAGS = 1000
 
@@ -41,10 +43,11 @@ def measure(
     device: torch.device = torch.device("cpu"),
     view: bool = False,
 ) -> float:
-    cfg = dict(DEFAULTS, variant=variant, bf16=bf16, channels_last=channels_last, fast_dropout=fast_dropout)
-    cfg["loss_weights"] = dict(cfg["loss_weights"], view=10.0 if view else 0.0)
+    weights = LossWeights(view=10.0 if view else 0.0)
     if variant == "e_c":
-        cfg["loss_weights"].update(audio=0.0, tag=0.0)
+        weights = dataclasses.replace(weights, audio=0.0, tag=0.0)
+    cfg = TrainConfig(variant=variant, bf16=bf16, channels_last=channels_last, fast_dropout=fast_dropout,
+                      loss_weights=weights)  # fmt: skip
     torch.manual_seed(0)
     models = build_models(cfg, N_TAGS)
     for m in models.values():
@@ -80,7 +83,7 @@ def parts(bf16: bool, steps: int, bs: int, device: torch.device, tag: str) -> No
     full = measure("ae_c", bf16, True, steps, bs, True, device)
     no_decoders = measure("e_c", bf16, True, steps, bs, True, device)
     torch.manual_seed(0)
-    cfg = dict(DEFAULTS, bf16=bf16)
+    cfg = TrainConfig(bf16=bf16)
     enc = build_models(cfg, N_TAGS)["audio_encoder"].train().to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(enc.parameters(), 1e-3)
     x = torch.rand(bs, 1, 96, 96, device=device).contiguous(memory_format=torch.channels_last)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -227,13 +228,14 @@ def test_trains_from_the_original_hdf5_layout(smoke_data, tmp_path):
 
 
 def test_learning_rate_step_decay():
+    from training.fit.config import TrainConfig
     from training.fit.loop import learning_rate
 
-    cfg = {"lr": 1e-3, "lr_milestones": [[800, 0.01], [500, 0.1]]}
+    cfg = TrainConfig(lr=1e-3, lr_milestones=((800, 0.01), (500, 0.1)))
     assert [learning_rate(cfg, n) for n in (0, 499, 500, 799, 800, 10**6)] == pytest.approx(
         [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
     )
-    assert learning_rate({"lr": 5e-3, "lr_milestones": []}, 10**9) == 5e-3
+    assert learning_rate(TrainConfig(lr=5e-3), 10**9) == 5e-3
 
 
 @pytest.mark.slow
@@ -367,7 +369,7 @@ def test_selection_across_seeds_links_the_best_run(tmp_path, monkeypatch):
 def test_each_experiment_file_is_its_recipe_over_the_base_config():
     from pathlib import Path
 
-    from training.fit.loop import load_config
+    from training.fit.config import load_config
 
     folder = Path("training/configs/experiments")
     recipes = {
@@ -380,7 +382,7 @@ def test_each_experiment_file_is_its_recipe_over_the_base_config():
     }  # fmt: skip
     for name, (base, sets) in recipes.items():
         assert load_config(folder / f"{name}.json") == load_config(f"training/configs/{base}.json", sets), name
-    assert load_config(folder / "view.json")["loss_weights"]["audio"] == 5.0  # extends keeps the base's weights
+    assert load_config(folder / "view.json").loss_weights.audio == 5.0  # extends keeps the base's weights
     assert {p.stem for p in folder.glob("*.json")} >= set(recipes)
 
 
@@ -492,10 +494,14 @@ def test_a_background_mix_sits_under_the_patch():
 def test_the_invariance_loss_pairs_two_views_of_each_sound(smoke_data):
     """``loss_weights.view`` adds a projection head trained with the audio side, second views drawn from the
     same sound's patch range, and a ``view`` loss that is low for identical views and high for unrelated ones."""
-    from training.fit.loop import PatchData, build_models, build_optimizers, load_config, second_view, step_losses
+    from dataclasses import replace
+
+    from training.fit.config import load_config
+    from training.fit.data import PatchData, second_view
+    from training.fit.loop import build_models, build_optimizers, step_losses
 
     cfg = load_config("training/configs/ae_c.json", ["loss_weights.view=10"])
-    assert cfg["loss_weights"]["audio"] == 5.0  # the file's weights are kept beside the new key
+    assert cfg.loss_weights.audio == 5.0  # the file's weights are kept beside the new key
     data = PatchData(smoke_data / "corpus", cfg)
     models = build_models(cfg, data.labels.shape[1])
     head = {id(p) for p in models["view_head"].parameters()}
@@ -505,12 +511,12 @@ def test_the_invariance_loss_pairs_two_views_of_each_sound(smoke_data):
 
     idx = torch.arange(16)
     starts = data.train_start[idx]
-    plain = dict(cfg, view=dict(cfg["view"], crop=True, augment={}))
+    plain = replace(cfg, view=replace(cfg.view, crop=True))
     from training.fit.augment import Augment
 
     gen_views = [second_view(plain, data, idx, starts, Augment(), s, None) for s in (1, 2)]
     assert not torch.equal(gen_views[0], gen_views[1])  # other crops of the sounds
-    same = second_view(dict(plain, view=dict(plain["view"], crop=False)), data, idx, starts, Augment(), 1, None)
+    same = second_view(replace(plain, view=replace(plain.view, crop=False)), data, idx, starts, Augment(), 1, None)
     torch.testing.assert_close(same, data.patches(starts))  # no crop, no augmentation: the first view itself
     # partners: the training sounds that share a sound's raw tags (manifest.csv), itself included
     import csv
@@ -525,7 +531,7 @@ def test_the_invariance_loss_pairs_two_views_of_each_sound(smoke_data):
         assert sound in group and {raw[g] for g in group} == {raw[sound]}
         shared += n > 1
     assert shared > 0
-    partner = dict(cfg, view=dict(cfg["view"], partner=1.0))
+    partner = replace(cfg, view=replace(cfg.view, partner=1.0))
     views = second_view(partner, data, idx, starts, Augment(), 3, None)
     assert views.shape == (16, 1, 96, 96) and torch.isfinite(views).all()
     for m in models.values():
@@ -561,12 +567,14 @@ def test_tag_dropout_keeps_at_least_one_tag():
 
 
 def test_weight_decay_selects_adamw():
-    from training.fit.loop import DEFAULTS, build_models, build_optimizers
+    from training.fit.config import TrainConfig
+    from training.fit.loop import build_models, build_optimizers
 
-    cfg = dict(DEFAULTS, weight_decay=0.01)
+    cfg = TrainConfig(weight_decay=0.01)
     opts = build_optimizers(cfg, build_models(cfg, 10))
     assert all(isinstance(o, torch.optim.AdamW) and o.defaults["weight_decay"] == 0.01 for o in opts)
-    assert all(type(o) is torch.optim.Adam for o in build_optimizers(DEFAULTS, build_models(DEFAULTS, 10)))
+    plain = TrainConfig()
+    assert all(type(o) is torch.optim.Adam for o in build_optimizers(plain, build_models(plain, 10)))
 
 
 def test_the_run_config_carries_the_model_and_the_corpus_its_front_end(tmp_path):
@@ -575,8 +583,9 @@ def test_the_run_config_carries_the_model_and_the_corpus_its_front_end(tmp_path)
     import json
 
     from coala_embed.config import FrontendConfig
-    from training.fit.checkpoints import corpus_frontend
-    from training.fit.loop import build_models, load_config, model_config
+    from training.fit.checkpoints import corpus_frontend, model_config
+    from training.fit.config import load_config
+    from training.fit.loop import build_models
 
     cfg = load_config(
         "training/configs/ae_c.json", ["model.channels=32", "model.embedding_dim=288", "model.dropout=0.1"]
@@ -585,10 +594,37 @@ def test_the_run_config_carries_the_model_and_the_corpus_its_front_end(tmp_path)
     assert models["audio_encoder"].audio_encoder[0].out_channels == 32
     assert models["audio_encoder"].fc_audio[0].in_features == 288
     assert models["tag_decoder"].tag_decoder[0].in_features == 288
-    assert model_config(cfg, 7).dropout == 0.1 and model_config(cfg, 7).n_tags == 7
+    saved = cfg.to_dict()  # what a checkpoint holds, as export and evaluation read it
+    assert model_config(saved, 7).dropout == 0.1 and model_config(saved, 7).n_tags == 7
     (tmp_path / "frontend.json").write_text(
         json.dumps({**FrontendConfig().__dict__, "n_mels": 64, "pooling": "original"})
     )
     fe = corpus_frontend(tmp_path)
     assert fe.n_mels == 64 and fe.pooling == "signal"
     assert corpus_frontend(tmp_path / "none") == FrontendConfig()
+
+
+def test_train_config_refuses_unknown_keys_wrong_types_and_ranges(tmp_path):
+    """Every setting is checked before a run starts, with its name in the message; a config written by a run
+    reads back equal."""
+    import json
+
+    from training.fit.config import ConfigError, TrainConfig, load_config
+
+    base = "training/configs/ae_c.json"
+    for sets, words in ((["lr=fast"], "lr must be float"), (["bogus=1"], "unknown setting 'bogus'"),
+                        (["view.bogus=1"], "view.bogus"), (["seed=1.5"], "seed must be int"),
+                        (["variant=vae"], "variant must be one of"), (["bf16=maybe"], "bf16"),
+                        (["view.partner=2"], "view.partner must be in [0, 1]"), (["max_samples=0"], "max_samples"),
+                        (["min_samples=9000000"], "min_samples"), (["lr"], "KEY=VALUE"),
+                        (["augment.pitch=\"2\""], "augment.pitch must be float")):  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            load_config(base, sets)
+    (tmp_path / "bad.json").write_text(json.dumps({"extends": str(Path(base).resolve()), "loss_weights": {"x": 1}}))
+    with pytest.raises(ConfigError, match="unknown setting 'loss_weights.x'"):
+        load_config(tmp_path / "bad.json")
+    cfg = load_config("training/configs/experiments/lite.json", ["seed=3"])
+    assert cfg.loss_weights.audio == 0.0 and cfg.loss_weights.view == 10.0 and cfg.seed == 3
+    assert cfg.lr_milestones == ((400_000, 0.1), (700_000, 0.01))
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert "n_tags" not in cfg.to_dict()["model"]
