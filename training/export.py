@@ -90,7 +90,6 @@ def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
         else "z beside each channel's maximum over the feature maps of convolution blocks 1-4, per patch, "
         'averaged over the patches (`clip.readout = "z+max"`; `frames=True` still gives z)'
     ) + ("" if clip["stat"] == "mean" else ", with the standard deviation beside the mean")
-    hours = info.get("training_seconds") or 0
     seen = info.get("samples_seen") or 0
     decay = "".join(f", x{f:g} from {int(at):,} samples" for at, f in info.get("lr_milestones") or [] if at <= seen)
     chosen = (
@@ -104,86 +103,18 @@ def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
             f", of seed {info.get('seed')}: the best of {len(info['seed_runs'])} runs of this recipe that differ only "
             f"in the seed (mean validation accuracy of each run's chosen checkpoint: {runs})"
         )
-    text = f"""---
-library_name: coala-embed
-license: mit
-tags:
-- audio
-- audio-embedding
-- representation-learning
-- coala
-pipeline_tag: feature-extraction
----
-
-# COALA audio encoder (AE-C), trained by coala-embed
-
-A {cfg["model"]["embedding_dim"]}-d audio embedding from COALA (Favory, Drossos, Virtanen, Serra: "COALA: Co-Aligned
-Autoencoders for Learning Semantically Enriched Audio Representations", ICML 2020 workshop on Self-supervision in
-Audio and Speech): a convolutional autoencoder on log-mel patches and an autoencoder on the sounds' tags, whose
-latent codes are aligned by a contrastive loss. This checkpoint holds the audio encoder with its projection
-head, the tag encoder with its projection head ({cfg["model"]["n_tags"]} tags, for tagging and text search), and
-the min-max scaler of the training patches.
-
-```python
-from coala_embed import get_embedding, load_model
-model = load_model()                 # this checkpoint is the package's default
-emb = get_embedding(audio, sr, model=model)   # [{clip_dim}] float32
-```
-
-## Training
-
-- Variant: {info.get("variant")} (loss weights 5 / 5 / 10, tau 0.1), optimiser {info.get("optimizer")} lr {info.get("lr")}{decay}
-  (chosen over the paper's SGD, lr 5e-3, on a 40k-sample comparison: see training/README.md),
-  batch 128, patch mode `{info.get("patch_mode")}`; bf16 autocast + channels-last on the CPU.
-- Samples seen: {info.get("samples_seen")} patch-samples ({(info.get("epoch") or 0) + 1} epochs) in {hours / 3600:.1f} h on
-  {info.get("machine")}; {chosen}; commit {info.get("commit")}.
-- Validation losses: {json.dumps({k: round(v, 4) for k, v in info.get("validation_losses", {}).items()})}
-- Front-end: {fe["sample_rate"]} Hz, STFT {fe["n_fft"]}/{fe["hop_length"]}, {fe["n_mels"]} Slaney mel bands, natural log,
-  96-frame patches (2.23 s); clip recipe `{fe["pooling"]}` with a patch hop of {fe["chunk_hop"]} frames.
-- Clip vector ({clip_dim}-d): {clip_text}.
-
-## Training data
-
-{stats.get("sounds")} sounds ({stats.get("hours")} h, {stats.get("multi_patch_windows")} training windows) from Debian packages of game
-and desktop sounds, voice prompts, samples and General MIDI notes rendered with fluidsynth; {stats.get("vocabulary")} tags
-from their paths, texts and transcripts ({stats.get("tags_per_sound")} per sound). Built by `training/corpus/build.py`.
-
-| source package | version | files | hours | licence |
-|---|---|---|---|---|
-{sources}
-
-## Evaluation
-
-Held-out tasks never seen in training (`training/eval/tasks.py`, each with a card): spoken digits (FSDD, held-out
-speakers), sound events (0ad-data), instrument families (GM notes from musescore-general-soundfont, unseen
-programs), drums (29 GM percussion names: trained on MuseScore's drum kits, tested on the two acoustic kits of
-avldrums.lv2-soundfont, a source apart from the corpus) and spoken languages (KLettres voices). Protocol of the
-paper: StandardScaler + MLP(256), accuracy (%). MFCC is the paper's 120-d baseline; `random` is this encoder with
-random weights; E-C and the CNN tagger are the paper's ablations (their corpus and length are in
-training/results/log.md). `signal_zmax` is this checkpoint's clip vector, `signal` the paper's (the mean
-of z over the patches that hold signal); `ae_c` is this checkpoint, `ae_c_sN` the runs it was chosen from.
-
-### Test split
-{tables.get("test", "(not run)")}
-`digits_loso`: leave one speaker out, one seed per held-out speaker; ± is the spread over the six speakers.
-
-### Validation split (used for every choice)
-{tables.get("val", "(not run)")}
-### Tags and CCA (`training/eval/analysis.py`)
-{analysis}
-
-## Limits
-
-- Trained on about {stats.get("hours")} h of game, desktop and synthesised sounds, not on Freesound: far less data than the
-  paper's 190k sounds, and tags from file paths are noisy. Expect weaker results than the paper's.
-- Clips shorter than one patch (2.23 s) are zero-padded; very short sounds get a single patch.
-- Tags come from a {cfg["model"]["n_tags"]}-word vocabulary of game and desktop sounds, voted by the
-  {len(cfg.get("tag_sets", []))} distinct tag sets of the training sounds (`predict_tags`' default); the validation
-  sounds above share packages and naming habits with the training sounds, so expect lower precision on other
-  audio. Ranking single tags by cosine (`method="one-hot"`) is weaker: the tag encoder only saw multi-hot sets.
-- Runs that differ only in the seed differ by several points on some tasks (the table "Across training seeds"
-  above); read a margin over MFCC with that spread in mind.
-"""
+    fields = {
+        "embedding_dim": cfg["model"]["embedding_dim"], "n_tags": cfg["model"]["n_tags"], "clip_dim": clip_dim,
+        "clip_text": clip_text, "tag_sets": len(cfg.get("tag_sets", [])), "decay": decay, "chosen": chosen,
+        "epochs": (info.get("epoch") or 0) + 1, "training_hours": (info.get("training_seconds") or 0) / 3600,
+        "validation_losses": json.dumps({k: round(v, 4) for k, v in info.get("validation_losses", {}).items()}),
+        **{k: info.get(k) for k in ("variant", "optimizer", "lr", "patch_mode", "samples_seen", "machine", "commit")},
+        **{k: fe[k] for k in ("sample_rate", "n_fft", "hop_length", "n_mels", "pooling", "chunk_hop")},
+        **{k: stats.get(k) for k in ("sounds", "hours", "vocabulary", "tags_per_sound")},
+        "windows": stats.get("multi_patch_windows"), "sources": sources, "analysis": analysis,
+        "test_table": tables.get("test", "(not run)"), "val_table": tables.get("val", "(not run)"),
+    }  # fmt: skip
+    text = (Path(__file__).parent / "model_card.md").read_text().format(**fields)
     write_text(folder / "README.md", text)
     return folder / "README.md"
 
