@@ -261,6 +261,37 @@ def read_manifest(path: Path) -> list[dict]:
     return rows
 
 
+def assign_tags(rows: list[dict], words: frozenset[str] | None) -> dict[str, dict[str, int]]:
+    """Set each row's ``tags`` from its ``raw_tags`` (normalised; with ``words``, tags that are not words,
+    fragments and provenance words dropped); return the dropped tags' counts by reason."""
+    keep = sound_words()
+    dropped: dict[str, dict[str, int]] = {}
+    for r in rows:
+        r["tags"] = []
+        for t in normalize(r["raw_tags"]):
+            reason = drop_reason(t, words, keep) if words is not None else None
+            if reason is None:
+                r["tags"].append(t)
+            else:
+                dropped.setdefault(reason, {}).setdefault(t, 0)
+                dropped[reason][t] += 1
+    return dropped
+
+
+def write_manifest(path: Path, rows: list[dict], val: np.ndarray, vocabulary: set[str]) -> None:
+    """``manifest.csv``: one line per sound with its source, split, raw tags and vocabulary tags."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "source", "duration", "sample_rate", "split", "raw_tags", "tags"])
+            for r, v in zip(rows, val):
+                w.writerow([r["path"], r["source"], f"{r['duration']:.3f}", r["sample_rate"], "val" if v else "train",
+                            " ".join(r["raw_tags"]), " ".join(t for t in r["tags"] if t in vocabulary)])  # fmt: skip
+
+    atomic_write(path, write)
+
+
 def build(
     data: Path,
     rows: list[dict],
@@ -281,17 +312,7 @@ def build(
         raise ValueError(f"{len(excluded)} files of excluded packages, e.g. {excluded[0]}")
     corpus = data / name
     corpus.mkdir(parents=True, exist_ok=True)
-    keep = sound_words()
-    dropped: dict[str, dict[str, int]] = {}
-    for r in rows:
-        r["tags"] = []
-        for t in normalize(r["raw_tags"]):
-            reason = drop_reason(t, words, keep) if words is not None else None
-            if reason is None:
-                r["tags"].append(t)
-            else:
-                dropped.setdefault(reason, {}).setdefault(t, 0)
-                dropped[reason][t] += 1
+    dropped = assign_tags(rows, words)
     vocab = build_vocabulary([r["tags"] for r in rows], min_count=min_count)
     vset = set(vocab)
     rows = [r for r in rows if any(t in vset for t in r["tags"])]
@@ -337,24 +358,7 @@ def build(
     write_text(corpus / "vocabulary.json", json.dumps(vocab, indent=0) + "\n")
     write_text(corpus / "frontend.json", json.dumps(dataclasses.asdict(CORPUS_FRONTEND), indent=1) + "\n")
 
-    def write_manifest(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "source", "duration", "sample_rate", "split", "raw_tags", "tags"])
-            for r, v in zip(rows, val):
-                w.writerow(
-                    [
-                        r["path"],
-                        r["source"],
-                        f"{r['duration']:.3f}",
-                        r["sample_rate"],
-                        "val" if v else "train",
-                        " ".join(r["raw_tags"]),
-                        " ".join(t for t in r["tags"] if t in vset),
-                    ]
-                )
-
-    atomic_write(corpus / "manifest.csv", write_manifest)
+    write_manifest(corpus / "manifest.csv", rows, val, vset)
     stats = corpus_stats(rows, labels, vocab, versions, time.time() - t0)
     # The card's list of dropped tags: those that would otherwise have been frequent enough for the vocabulary.
     stats["dropped_tags"] = {
