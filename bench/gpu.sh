@@ -36,7 +36,7 @@ echo "== tests"
 timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_api.py tests/test_cli.py tests/test_model.py tests/test_extras.py \
     2>&1 | tee "$out/tests.log" | tail -15
 # the CPU training tests belong to CI; here only the CUDA one (a smoke corpus, then two short CUDA runs: ~70 s)
-timeout 180 $py -m pytest -q -p no:cacheprovider tests/test_training.py -k cuda 2>&1 | tee -a "$out/tests.log" | tail -15
+timeout 180 $py -m pytest -q -p no:cacheprovider tests/training/test_fit.py -k cuda 2>&1 | tee -a "$out/tests.log" | tail -15
 timeout 120 $py -m pytest -q -p no:cacheprovider tests/test_decoding.py 2>&1 | tee -a "$out/tests.log" | tail -8
 fi
 
