@@ -115,8 +115,6 @@ def run(
     in the full input list (for shards), ``fingerprint`` and ``total_inputs`` identify that list
     (:func:`inputs_fingerprint`; what ``merge`` checks). Raises CoalaEmbedError when progress exists and
     ``resume`` is off."""
-    from tqdm import tqdm
-
     indices = list(range(len(paths))) if indices is None else indices
     dim = model.config.model.embedding_dim
     precision = resolve_precision(opts.precision, model.device)
@@ -136,14 +134,7 @@ def run(
     todo = [(i, p) for i, p in zip(indices, paths) if i not in done]
     t0 = time.time()
     audio_s = sum(e.get("duration", 0.0) for e in state.entries)
-    bar = tqdm(
-        total=len(paths),
-        initial=len(paths) - len(todo),
-        unit="file",
-        disable=not progress or not sys.stderr.isatty(),
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = _progress_bar(len(paths), len(paths) - len(todo), progress)
 
     # A file whose parts are not all embedded yet: index -> its clip vector's running sums, and with --frames the
     # parts' (starts, ends, z); neither the patches nor (without --frames) their embeddings are kept, so memory
@@ -199,6 +190,14 @@ def run(
     state.close()
     discard(sdir)
     return manifest
+
+
+def _progress_bar(total: int, initial: int, progress: bool):
+    """Files done of ``total`` on stderr, only on a terminal and when ``progress``."""
+    from tqdm import tqdm
+
+    disable = not progress or not sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, unit="file", disable=disable, file=sys.stderr, dynamic_ncols=True)
 
 
 def finish(

@@ -95,3 +95,30 @@ def test_the_atomic_write_check_sees_a_direct_write(tmp_path):
         assert len(_direct_writes(bad)) == 2
     finally:
         bad.unlink()
+
+
+MAX_FUNCTION_LINES = 100
+
+
+def _long_functions(files) -> list[str]:
+    import ast
+
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{node.name} {n}")
+    return found
+
+
+def test_no_function_of_the_package_or_the_pipeline_is_longer_than_a_screenful():
+    files = sorted((ROOT / "coala_embed").rglob("*.py")) + sorted((ROOT / "training").rglob("*.py"))
+    assert not _long_functions(files)
+
+
+def test_the_length_check_sees_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "m.py").write_text(f"def long():\n{body}\n")
+    assert _long_functions([tmp_path / "m.py"]) == [f"{tmp_path / 'm.py'}:long {MAX_FUNCTION_LINES + 1}"]
