@@ -153,35 +153,48 @@ def duplicates(embeddings: np.ndarray, threshold: float = 0.98, block: int = 204
     return group_pairs(len(embeddings), exact_pairs(embeddings, threshold, block))
 
 
-def exact_pairs(embeddings: np.ndarray, threshold: float, block: int = 2048) -> Iterator[tuple[int, int]]:
-    """Every pair ``(i, j)``, ``i < j``, whose cosine similarity is at least ``threshold``."""
+Pairs = Iterator[tuple[np.ndarray, np.ndarray]]  # blocks of row pairs: (i, j), both int64 [P]
+
+
+def exact_pairs(embeddings: np.ndarray, threshold: float, block: int = 2048) -> Pairs:
+    """Every pair ``(i, j)``, ``i < j``, whose cosine similarity is at least ``threshold``, in blocks of arrays."""
     x = normalized(embeddings)
     for a in range(0, len(x), block):
         sims = x[a : a + block] @ x[a:].T  # only pairs (i, j) with j >= i
         ii, jj = np.nonzero(sims >= threshold)
-        for i, j in zip((ii + a).tolist(), (jj + a).tolist()):
-            if j > i:
-                yield i, j
+        keep = jj > ii
+        yield ii[keep].astype(np.int64) + a, jj[keep].astype(np.int64) + a
 
 
-def group_pairs(n: int, pairs: Iterable[tuple[int, int]]) -> list[list[int]]:
-    """The connected groups (two rows or more) of ``n`` rows linked by ``pairs``; largest first, rows in order."""
-    parent = list(range(n))
+def _roots(parent: np.ndarray) -> np.ndarray:
+    """Point every row of the forest ``parent`` (each row's parent at or below it) straight at its root."""
+    while True:
+        up = parent[parent]
+        if np.array_equal(up, parent):
+            return parent
+        parent = up
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
+def group_pairs(n: int, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[list[int]]:
+    """The connected groups (two rows or more) of ``n`` rows linked by ``pairs`` (blocks of row arrays ``(i, j)``;
+    a pair may repeat); largest first, rows in order. A union-find on arrays: each block hooks the larger of two
+    roots under the smaller until every pair of the block shares its root."""
+    parent = np.arange(n, dtype=np.int64)
     for i, j in pairs:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    groups: dict[int, list[int]] = {}
-    for row in range(n):
-        groups.setdefault(find(row), []).append(row)
-    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+        i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+        while len(i):
+            parent = _roots(parent)
+            ri, rj = parent[i], parent[j]
+            apart = ri != rj
+            if not apart.any():
+                break
+            i, j, ri, rj = i[apart], j[apart], ri[apart], rj[apart]
+            np.minimum.at(parent, np.maximum(ri, rj), np.minimum(ri, rj))
+    roots = _roots(parent)
+    order = np.argsort(roots, kind="stable")  # rows in order within each root
+    cuts = np.flatnonzero(np.diff(roots[order])) + 1
+    groups = [g.tolist() for g in np.split(order, cuts) if len(g) > 1]
+    return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
 def available_projection(method: str, n: int) -> str:

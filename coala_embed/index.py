@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .batch import manifest_path
-from .collection import Collection, normalized
+from .collection import Collection, Pairs, exact_pairs, normalized
 from .errors import CoalaEmbedError
 from .files import atomic_write, write_text
 from .journal import file_stamp
@@ -30,8 +30,9 @@ from .journal import file_stamp
 KINDS = ("auto", "flat", "ivf", "ivf-sq8")
 FLAT_MAX_ROWS = 50_000  # "auto": exact below, an inverted file above
 NPROBE = 32  # lists searched per query (of 2 * sqrt(N)): recall@10 in bench/index.py
-DUPLICATE_NPROBE = 4  # near-duplicates lie in the same or a neighbouring list
-CONFIRM_PAIRS = 32_768  # candidate pairs confirmed on the rows at once (two gathers of 1152-d rows: ~300 MB)
+DUPLICATE_NPROBE = 4  # lists each row is compared with: near-duplicates lie in the same or a neighbouring one
+SIMS_AT_ONCE = 4_194_304  # similarities of duplicate_pairs computed at once (16 MB; at most as many pairs)
+QUERY_ROWS = 8192  # rows gathered at once to compare with a list (38 MB of 1152-d rows)
 TRAIN_ROWS_PER_LIST = 40  # k-means sample per list (FAISS asks for at least 39), 10 iterations
 ADD_BLOCK = 65_536
 
@@ -178,20 +179,41 @@ def projections(model: Any, x: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, model.config.model.embedding_dim), np.float32)
 
 
-def duplicate_pairs(index: Any, x: np.ndarray, threshold: float, block: int = 4096) -> Iterator[tuple[int, int]]:
-    """Candidate pairs ``(i, j)``, ``i < j``, whose cosine in the index is at least ``threshold``, confirmed exactly
-    on the rows ``x`` (the index only proposes them: the groups are those of the exact comparison)."""
-    if hasattr(index, "nprobe"):
-        index.nprobe = max(DUPLICATE_NPROBE, 1)
-    norms = np.concatenate([np.linalg.norm(block, axis=1) for block in _blocks(x)] or [np.zeros(0, np.float32)])
+def duplicate_pairs(index: Any, x: np.ndarray, threshold: float, progress: bool = False) -> Pairs:
+    """Pairs ``(i, j)`` of rows whose cosine similarity is at least ``threshold``, in blocks of arrays (a pair may
+    come twice), for :func:`coala_embed.collection.group_pairs`.
+
+    With an inverted file, each row is compared with the rows of the ``DUPLICATE_NPROBE`` lists nearest to it, one
+    list at a time: the rows that probe a list against the list's members, a matrix product on the rows ``x``
+    themselves (the index's only part is the partition, so the cosines are the exact comparison's, also for
+    ``ivf-sq8``). A pair is found when either row probes the other's list. A flat index compares every pair."""
+    faiss = faiss_module()
+    if not isinstance(index, faiss.IndexIVF):
+        yield from exact_pairs(x, threshold)
+        return
+    n, lists = len(x), index.nlist
+    nprobe = min(DUPLICATE_NPROBE, lists)
+    norms = np.concatenate([np.linalg.norm(b, axis=1) for b in _blocks(x)] or [np.zeros(0, np.float32)])
     norms = np.maximum(norms, 1e-12).astype(np.float32)  # rows are scaled on the fly: no normalised copy of x
-    for a in range(0, len(x), block):
-        q = x[a : a + block] / norms[a : a + block, None]
-        lims, _, rows = index.range_search(q, float(threshold) - 1e-3)  # a margin for the index's rounding
-        ii = np.repeat(np.arange(a, a + len(q)), np.diff(lims).astype(np.int64))
-        keep = rows > ii
-        ii, jj = ii[keep], rows[keep].astype(np.int64)
-        for c in range(0, len(ii), CONFIRM_PAIRS):  # in slices: dense neighbourhoods give millions of candidates
-            i, j = ii[c : c + CONFIRM_PAIRS], jj[c : c + CONFIRM_PAIRS]
-            sel = np.einsum("ij,ij->i", x[i], x[j]) / (norms[i] * norms[j]) >= threshold
-            yield from zip(i[sel].tolist(), j[sel].tolist())
+    probes = np.zeros((n, nprobe), np.int64)
+    for a in range(0, n, ADD_BLOCK):
+        probes[a : a + ADD_BLOCK] = index.quantizer.search(
+            x[a : a + ADD_BLOCK] / norms[a : a + ADD_BLOCK, None], nprobe
+        )[1]
+    order = np.argsort(probes.ravel(), kind="stable")  # the rows that probe each list, list by list
+    starts = np.searchsorted(probes.ravel()[order], np.arange(lists + 1))
+    from tqdm import tqdm
+
+    for lst in tqdm(range(lists), unit="list", disable=not progress, desc="duplicates"):
+        size, queries = index.invlists.list_size(lst), order[starts[lst] : starts[lst + 1]] // nprobe
+        if not size or not len(queries):
+            continue
+        members = faiss.rev_swig_ptr(index.invlists.get_ids(lst), size).astype(np.int64)
+        xm = (x[members] / norms[members, None]).T
+        step = max(1, min(QUERY_ROWS, SIMS_AT_ONCE // len(members)))
+        for c in range(0, len(queries), step):
+            q = queries[c : c + step]
+            qi, mj = np.nonzero((x[q] / norms[q, None]) @ xm >= threshold)
+            i, j = q[qi], members[mj]
+            keep = i != j
+            yield np.minimum(i, j)[keep], np.maximum(i, j)[keep]

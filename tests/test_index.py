@@ -115,25 +115,51 @@ def test_without_faiss_every_command_keeps_the_exact_path(feats, weights_dir, mo
     assert _run("search", feats, "tag1", "--weights", weights_dir).exit_code == 0
 
 
-def test_dense_duplicate_candidates_are_confirmed_in_slices(tmp_path, monkeypatch):
-    """A collection where every pair is a candidate (threshold 0) gives the exact groups without gathering the
-    rows of all candidates at once: memory stays bounded by CONFIRM_PAIRS, not by the number of pairs."""
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivf-sq8"])
+def test_dense_duplicate_pairs_come_in_bounded_blocks_with_the_exact_groups(tmp_path, monkeypatch, kind):
+    """A collection where every pair qualifies (threshold 0) gives the exact groups, the pairs in blocks: through an
+    inverted file no block exceeds SIMS_AT_ONCE, however many pairs there are."""
     pytest.importorskip("faiss")
-    import tracemalloc
-
     from coala_embed import index
     from coala_embed.collection import duplicates, group_pairs, load_collection
 
     rng = np.random.default_rng(1)
     _fake_collection(tmp_path / "f.npy", np.abs(rng.standard_normal((1500, 64)).astype(np.float32)) + 1)
     coll = load_collection(tmp_path / "f.npy")
-    index.write(coll, "flat")
+    index.write(coll, kind)
     ix = index.load(coll)
-    monkeypatch.setattr(index, "CONFIRM_PAIRS", 1000)
-    tracemalloc.start()
-    pairs = list(index.duplicate_pairs(ix, coll.z, 0.0))  # ~1.1M pairs; all rows at once would be ~580 MB
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert len(pairs) == 1500 * 1499 // 2
-    assert peak < 200 * 2**20, f"{peak / 2**20:.0f} MB"
-    assert group_pairs(len(coll), pairs) == duplicates(coll.z, 0.0)
+    monkeypatch.setattr(index, "SIMS_AT_ONCE", 1000)
+    largest, pairs = 0, set()
+    for i, j in index.duplicate_pairs(ix, coll.z, 0.0):
+        largest = max(largest, len(i))
+        pairs.update(zip(i.tolist(), j.tolist()))  # ~1.1M pairs: held here, not by duplicate_pairs
+    assert all(i < j for i, j in pairs)
+    if kind == "flat":
+        assert len(pairs) == 1500 * 1499 // 2
+    else:  # each row meets the rows of its DUPLICATE_NPROBE nearest lists
+        assert largest <= 1000 and len(pairs) > 1500 * index.DUPLICATE_NPROBE
+    assert group_pairs(len(coll), index.duplicate_pairs(ix, coll.z, 0.0)) == duplicates(coll.z, 0.0)
+
+
+def test_group_pairs_is_the_union_find_of_its_pairs():
+    """Blocks of array pairs, repeats and chains give the connected groups a per-pair union-find gives."""
+    from coala_embed.collection import group_pairs
+
+    rng = np.random.default_rng(3)
+    i, j = rng.integers(0, 5000, 3000), rng.integers(0, 5000, 3000)
+    parent = list(range(5000))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for a, b in zip(i.tolist(), j.tolist()):
+        parent[find(a)] = find(b)
+    expected: dict[int, list[int]] = {}
+    for row in range(5000):
+        expected.setdefault(find(row), []).append(row)
+    want = sorted((g for g in expected.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+    blocks = [(i[a : a + 700], j[a : a + 700]) for a in range(0, 3000, 700)] + [(j[:50], i[:50])]
+    assert group_pairs(5000, blocks) == want
+    assert group_pairs(3, []) == [] and group_pairs(3, [(np.array([2]), np.array([0]))]) == [[0, 2]]

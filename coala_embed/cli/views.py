@@ -141,6 +141,7 @@ def duplicates_cmd(features, threshold, as_json, exact) -> None:
     first file). Exit status 0 whether or not duplicates were found. Example:
       coala-embed duplicates feats.npy --threshold 0.99"""
     import json
+    import sys
 
     from .. import index
     from ..collection import duplicates, group_pairs, normalized
@@ -149,8 +150,8 @@ def duplicates_cmd(features, threshold, as_json, exact) -> None:
     ix = None if exact else index.load(coll)
     if ix is None:
         groups = duplicates(coll.z, threshold)
-    else:  # the index proposes the pairs, the rows confirm them: the same groups as the exact comparison
-        groups = group_pairs(len(coll), index.duplicate_pairs(ix, coll.z, threshold))
+    else:  # the index's lists say which rows to compare; the cosines are computed on the rows themselves
+        groups = group_pairs(len(coll), index.duplicate_pairs(ix, coll.z, threshold, progress=sys.stderr.isatty()))
     if as_json:
         click.echo(json.dumps([[coll.paths[i] for i in g] for g in groups], indent=1))
         return
