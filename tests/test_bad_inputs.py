@@ -554,7 +554,9 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, weights_dir):
     out = tmp_path / "f.npy"
     cmd = [sys.executable, "-m", "coala_embed", str(folder), "-o", str(out), "--weights", str(weights_dir), "-q",
            "--batch-size", "2"]  # fmt: skip
-    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    # SIGINT ignored in this process (a shell's background job, a library) would be inherited: the run gets the default
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     log = tmp_path / "f.npy.partial" / "log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and log.stat().st_size):
