@@ -22,7 +22,7 @@
 #         (bash training/screen.sh lite10x 0 400000, then 800000, ...: each continues the run and screens it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,20p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,22p' "$0"; exit 2; }
 RECIPE="$1"; SEED="$2"; SAMPLES="${3:-100000}"
 CONFIG="training/configs/experiments/$RECIPE.json"
 if [ ! -f "$CONFIG" ]; then
