@@ -166,6 +166,18 @@ def exact_pairs(embeddings: np.ndarray, threshold: float, block: int = 2048) -> 
         yield ii[keep].astype(np.int64) + a, jj[keep].astype(np.int64) + a
 
 
+def _find(parent: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The roots of ``rows`` in the forest ``parent``, halving their paths on the way (only these rows' paths are
+    touched, so a block of pairs costs its own size, not the collection's)."""
+    while True:
+        up = parent[rows]
+        if np.array_equal(up, rows):
+            return rows
+        grand = parent[up]
+        parent[rows] = grand  # path halving: each row now points at its grandparent (an ancestor, never past a root)
+        rows = grand
+
+
 def _roots(parent: np.ndarray) -> np.ndarray:
     """Point every row of the forest ``parent`` (each row's parent at or below it) straight at its root."""
     while True:
@@ -183,8 +195,7 @@ def group_pairs(n: int, pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> list[
     for i, j in pairs:
         i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
         while len(i):
-            parent = _roots(parent)
-            ri, rj = parent[i], parent[j]
+            ri, rj = _find(parent, i), _find(parent, j)
             apart = ri != rj
             if not apart.any():
                 break
