@@ -129,16 +129,15 @@ def test_dense_duplicate_pairs_come_in_bounded_blocks_with_the_exact_groups(tmp_
     index.write(coll, kind)
     ix = index.load(coll)
     monkeypatch.setattr(index, "SIMS_AT_ONCE", 1000)
-    largest, pairs = 0, set()
-    for i, j in index.duplicate_pairs(ix, coll.z, 0.0):
-        largest = max(largest, len(i))
-        pairs.update(zip(i.tolist(), j.tolist()))  # ~1.1M pairs: held here, not by duplicate_pairs
+    blocks = list(index.duplicate_pairs(ix, coll.z, 0.0))  # ~1.1M pairs: held here, not by duplicate_pairs
+    largest = max(len(i) for i, _ in blocks)
+    pairs = {pair for i, j in blocks for pair in zip(i.tolist(), j.tolist())}
     assert all(i < j for i, j in pairs)
     if kind == "flat":
         assert len(pairs) == 1500 * 1499 // 2
     else:  # each row meets the rows of its DUPLICATE_NPROBE nearest lists
         assert largest <= 1000 and len(pairs) > 1500 * index.DUPLICATE_NPROBE
-    assert group_pairs(len(coll), index.duplicate_pairs(ix, coll.z, 0.0)) == duplicates(coll.z, 0.0)
+    assert group_pairs(len(coll), blocks) == duplicates(coll.z, 0.0)
 
 
 def test_group_pairs_is_the_union_find_of_its_pairs():
