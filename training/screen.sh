@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Screening runs of issue 17: train one recipe with one seed for a fixed number of samples, then score its last
-# snapshot on the validation splits with the logistic-regression screen, with the paper's clip vector (mean of z)
-# and with z+max (ClipConfig). Training resumes from its checkpoint and is skipped once done; the screen reruns
-# from the cached clip features (seconds).
+# Screening runs of issue 17: train one recipe with one seed for a fixed number of samples, then score the
+# snapshot of the epoch that reached that length on the validation splits with the logistic-regression screen,
+# with the paper's clip vector (mean of z) and with z+max (ClipConfig). Training resumes from its checkpoint and
+# is skipped once done; the screen reruns from the cached clip features (seconds).
 #
 #   bash training/screen.sh RECIPE SEED [SAMPLES]      # e.g. bash training/screen.sh sig 0
 #   nice -n 10 bash training/screen.sh wide 1 100000
@@ -42,7 +42,11 @@ if [ "$(done_samples)" -lt "$SAMPLES" ]; then
   $PY -m training.fit "$CONFIG" --set name="$NAME" max_samples="$SAMPLES" \
     min_samples="$SAMPLES" seed="$SEED" >> "$DATA/logs/$NAME.log" 2>&1
 fi
-LAST=$(cd "$DATA/runs/$NAME" && ls snapshot_epoch*.pt | sort -V | tail -1)
+# The snapshot screened is the epoch that reached SAMPLES, not the newest: a run continued to a longer length can
+# rescreen its earlier lengths.
+LAST=$($PY -c "import csv,sys; rows=list(csv.DictReader(open(sys.argv[1])))
+print('snapshot_epoch%s.pt' % next((r['epoch'] for r in rows if int(r['samples']) >= int(sys.argv[2])), rows[-1]['epoch']))" \
+  "$DATA/runs/$NAME/losses.csv" "$SAMPLES")
 $PY -m training.eval --model "$NAME:$LAST" --model random --recipe signal --recipe signal_zmax --split val --seeds 0 \
   --out "$EVAL" >> "$DATA/logs/$NAME.log" 2>&1
 tail -2 "$EVAL/results_val.md" | sed "s/^/$NAME $LAST: /"
