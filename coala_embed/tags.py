@@ -119,7 +119,8 @@ def query_vector(model: CoalaModel, query: str | Sequence[str]) -> torch.Tensor:
     Words are lowercased; a plural whose singular is in the vocabulary is accepted.
 
     Raises:
-        UnknownTagError: a word is not in the vocabulary; the message lists the nearest vocabulary words.
+        UnknownTagError: a word is not in the vocabulary; the message lists the vocabulary words spelled like
+            it, or says that none is.
     """
     vocab = _require_tags(model)
     index = {t: i for i, t in enumerate(vocab)}
@@ -133,7 +134,11 @@ def query_vector(model: CoalaModel, query: str | Sequence[str]) -> torch.Tensor:
         hit = next((index[c] for c in candidates if c in index), None)
         if hit is None:
             near = difflib.get_close_matches(w, vocab, n=5, cutoff=0.6)
-            hint = f"; near words: {', '.join(near)}" if near else f"; the vocabulary has {len(vocab)} words"
+            hint = (
+                f"; near words: {', '.join(near)}"
+                if near
+                else f"; no vocabulary word is spelled like it (`coala-embed vocab` lists all {len(vocab)})"
+            )
             raise UnknownTagError(f"{w!r} is not in the tag vocabulary{hint}")
         vec[0, hit] = 1.0
     return vec

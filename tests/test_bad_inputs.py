@@ -359,9 +359,9 @@ def test_outputs_of_map_and_merge_never_overwrite_their_inputs_and_need_f(tmp_pa
     for target in (feats, manifest):
         for force in ([], ["-f"]):
             r = _run("map", feats, "-o", target, "--weights", weights_dir, *force)
-            assert r.exit_code == 2 and "which this command reads" in r.output, r.output
+            assert r.exit_code == 2 and "is an input of this command" in r.output, r.output
     r = _run("map", feats, "-o", tmp_path / "m.html", "--png", feats, "--weights", weights_dir, "-f")
-    assert r.exit_code == 2 and "which this command reads" in r.output, r.output
+    assert r.exit_code == 2 and "is an input of this command" in r.output, r.output
     assert (feats.read_bytes(), manifest.read_bytes()) == before
     notes = tmp_path / "notes.txt"
     notes.write_text("mine")
@@ -375,7 +375,7 @@ def test_outputs_of_map_and_merge_never_overwrite_their_inputs_and_need_f(tmp_pa
         assert _run(folder, "-o", part, "--shard", f"{k}/2", "--weights", weights_dir, "-q").exit_code == 0
     shard1 = parts[0].read_bytes()
     r = _run("merge", "-o", parts[0], *parts, "-f")
-    assert r.exit_code == 2 and "which this command reads" in r.output and parts[0].read_bytes() == shard1
+    assert r.exit_code == 2 and "is an input of this command" in r.output and parts[0].read_bytes() == shard1
 
 
 def test_search_and_neighbours_refuse_rows_of_another_checkpoint(tmp_path, weights_dir):

@@ -95,6 +95,8 @@ def test_search_and_unknown_words(model):
     assert query_vector(model, "TAG1 tag3s").sum() == 2  # case and plural forgiven
     with pytest.raises(UnknownTagError, match="near words: tag"):
         search("tagg", emb, model=model)
+    with pytest.raises(UnknownTagError, match="no vocabulary word is spelled like it .`coala-embed vocab`"):
+        search("xylophone", emb, model=model)
 
 
 def test_cli_tags_and_search(weights_dir, audio_dir, tmp_path):

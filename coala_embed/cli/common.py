@@ -101,7 +101,8 @@ def check_new_file(path: Path, force: bool, reads: list[Path]) -> None:
     even with ``-f``, and an existing file only with ``-f``."""
     for r in reads:
         if path.resolve() == r.resolve() or (path.exists() and r.exists() and os.path.samefile(path, r)):
-            raise click.UsageError(f"{path} is {r}, which this command reads; write the output to another file")
+            what = "" if str(path) == str(r) else f" (the same file as {r})"
+            raise click.UsageError(f"{path} is an input of this command{what}; write the output to another file")
     if path.is_dir():
         raise click.UsageError(f"{path} is a folder; give a file name")
     if path.exists() and not force:
