@@ -1,6 +1,6 @@
 """Embed a collection of files into one matrix + manifest: decoding ahead of the model (``decoding``),
-cross-file batches, atomic outputs, shards and their merge; the resumable progress and the output lock are
-``journal``'s."""
+cross-file batches, atomic outputs and shards; the resumable progress and the output lock are ``journal``'s, the
+joining of outputs (``merge``, ``--append``) ``joining``'s."""
 
 from __future__ import annotations
 
@@ -270,11 +270,11 @@ def finish(
             "seconds": round(seconds, 2),
         },
     }
-    _write_pair(out, write, manifest)
+    write_pair(out, write, manifest)
     return manifest
 
 
-def _write_pair(out: Path, write, manifest: dict) -> None:
+def write_pair(out: Path, write, manifest: dict) -> None:
     """The features and their manifest, both or neither (a full disk leaves the previous pair, or none)."""
     text = json.dumps(manifest, indent=1) + "\n"
     atomic_write_all([(out, write), (manifest_path(out), lambda tmp: tmp.write_text(text, encoding="utf-8"))])
@@ -285,103 +285,3 @@ def inputs_fingerprint(paths: list[Path]) -> str:
     import hashlib
 
     return hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:16]
-
-
-def merge(outputs: list[Path], out: Path) -> dict:
-    """Join the shard outputs of one sharded run (``--shard K/N`` over one input list) into one output +
-    manifest, rows in input order; npz parts keep their frames.
-
-    Raises CoalaEmbedError unless the parts are every shard 1..N of the same run once each (same input list
-    fingerprint, model, front-end and format) and the output's extension is that format.
-    """
-    if not outputs:
-        raise CoalaEmbedError("merge needs at least one shard output")
-    parts = []
-    for o in outputs:
-        mpath = manifest_path(o)
-        if not mpath.exists():
-            raise CoalaEmbedError(f"{o}: its manifest {mpath.name} is missing")
-        m = json.loads(mpath.read_text())
-        if m.get("output") != o.name:
-            raise CoalaEmbedError(f"{mpath} describes {m.get('output')}, not {o.name}")
-        if not m.get("shard") or not m.get("inputs_fingerprint"):
-            raise CoalaEmbedError(f"{o} is not the output of a --shard K/N run; only shards are merged")
-        parts.append((o, m))
-    first = parts[0][1]
-    n = int(first["shard"].split("/")[1])
-    for o, m in parts:
-        for key in ("model", "frontend", "clip", "format", "precision", "inputs_fingerprint", "total_inputs"):
-            if m.get(key) != first.get(key):
-                raise CoalaEmbedError(f"{o} differs from {outputs[0]} in {key}: the parts are not shards of one run")
-        if int(m["shard"].split("/")[1]) != n:
-            raise CoalaEmbedError(f"{o} is shard {m['shard']}, but {outputs[0]} is one of {n}")
-    ks = sorted(int(m["shard"].split("/")[0]) for _, m in parts)
-    if ks != list(range(1, n + 1)):
-        missing = sorted(set(range(1, n + 1)) - set(ks))
-        doubled = sorted({k for k in ks if ks.count(k) > 1})
-        raise CoalaEmbedError(
-            f"a merge needs every shard 1..{n} once: "
-            + ", ".join(
-                x for x in (f"missing {missing}" if missing else "", f"given twice {doubled}" if doubled else "") if x
-            )
-        )
-    fmt = first["format"]
-    if out.suffix.lower() != f".{fmt}":
-        raise CoalaEmbedError(f"the shards are {fmt} files; name the merged output *.{fmt}")
-    frames = fmt == "npz" and all("frame_offset" in e for _, m in parts for e in m["files"] if e["status"] == "ok")
-    entries: list[tuple[int, dict, int]] = []
-    data = []
-    for k, (o, m) in enumerate(parts):
-        loaded = np.load(o)
-        data.append(loaded)
-        entries += [(e["index"], e, k) for e in m["files"]]
-    entries.sort(key=lambda x: x[0])
-    if len({i for i, _, _ in entries}) != len(entries):
-        raise CoalaEmbedError("the shards overlap: the same input appears in more than one of them")
-    if len(entries) != first["total_inputs"]:
-        raise CoalaEmbedError(f"the shards hold {len(entries)} of the run's {first['total_inputs']} inputs")
-    dim = (data[0]["embeddings"] if fmt == "npz" else data[0]).shape[1]
-    frame_dim = data[0]["frames"].shape[1] if frames else dim
-    rows, files, fsel, offsets = [], [], [], [0]
-    for _, e, k in entries:
-        e = dict(e)
-        if e["status"] == "ok":
-            mat = data[k]["embeddings"] if fmt == "npz" else data[k]
-            rows.append(mat[e["row"]])
-            e["row"] = len(rows) - 1
-            if frames:
-                a = int(e["frame_offset"])
-                fsel.append((k, a, a + e["n_frames"]))
-                e["frame_offset"] = offsets[-1]
-                offsets.append(offsets[-1] + e["n_frames"])
-        files.append(e)
-    emb = np.stack(rows).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-    paths = np.array([e["path"] for e in files if e["status"] == "ok"])
-
-    def write(p: Path) -> None:
-        with open(p, "wb") as fh:
-            if fmt == "npy":
-                np.save(fh, emb)
-                return
-            arrays: dict[str, np.ndarray] = {"embeddings": emb, "paths": paths}
-            if frames:
-                arrays["frames"] = np.concatenate(
-                    [data[k]["frames"][a:b] for k, a, b in fsel] or [np.zeros((0, frame_dim), np.float32)]
-                )
-                arrays["frame_times"] = np.concatenate(
-                    [data[k]["frame_times"][a:b] for k, a, b in fsel] or [np.zeros((0, 2))]
-                )
-                arrays["frame_offsets"] = np.asarray(offsets, np.int64)
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-
-    failed = sum(e["status"] != "ok" for e in files)
-    manifest = dict(first, output=out.name, shard=None, files=files)
-    manifest["summary"] = {
-        "inputs": len(files),
-        "ok": len(files) - failed,
-        "failed": failed,
-        "audio_hours": round(sum(e.get("duration", 0) for e in files) / 3600, 4),
-        "merged_from": [str(o) for o in outputs],
-    }
-    _write_pair(out, write, manifest)
-    return manifest

@@ -7,11 +7,14 @@ a tag encoder, their audio projections in the co-aligned space (what ``search`` 
 rows the index is exact (``IndexFlatIP``); above, an inverted file (``IndexIVFFlat``, ``2 * sqrt(N)`` lists, k-means
 on a sample, ``NPROBE`` lists searched), or with ``kind="ivf-sq8"`` the same with 8-bit scalar-quantised rows (a
 quarter of the memory). Which index belongs to which features is recorded in the features' manifest (``index``:
-the files, the rows, the model, the size and modification time of the features and of each index file).
+the files, the rows, the model, a digest of the rows, the size and modification time of the features and of each
+index file). When rows are added after the indexed ones (``coala-embed --append``) and those are unchanged (the
+digest), :func:`extend` adds the new rows to the index as it is: an inverted file keeps its lists.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -25,6 +28,7 @@ from .batch import manifest_path
 from .collection import Collection, Pairs, exact_pairs, normalized
 from .errors import CoalaEmbedError
 from .files import atomic_write, write_text
+from .joining import same_model
 from .journal import file_stamp
 
 KINDS = ("auto", "flat", "ivf", "ivf-sq8")
@@ -35,6 +39,7 @@ SIMS_AT_ONCE = 4_194_304  # similarities of duplicate_pairs computed at once (16
 QUERY_ROWS = 8192  # rows gathered at once to compare with a list (38 MB of 1152-d rows)
 TRAIN_ROWS_PER_LIST = 40  # k-means sample per list (FAISS asks for at least 39), 10 iterations
 ADD_BLOCK = 65_536
+REBUILD_GROWTH = 4  # an index extended past this many times the rows it was built on is worth building again
 
 
 def faiss_module():
@@ -81,13 +86,18 @@ def build(x: np.ndarray, kind: str = "auto", seed: int = 0, progress: bool = Fal
         sample = np.random.default_rng(seed).choice(n, min(n, lists * TRAIN_ROWS_PER_LIST), replace=False)
         index.train(normalized(x[np.sort(sample)]))
         index.nprobe = min(NPROBE, lists)
+    _add(index, x, progress)
+    return index
+
+
+def _add(index: Any, x: np.ndarray, progress: bool) -> None:
+    """Add the rows ``x`` (scaled to unit length here) to ``index``, block by block."""
     from tqdm import tqdm
 
-    with tqdm(total=n, unit="row", disable=not progress, desc="index") as bar:
+    with tqdm(total=len(x), unit="row", disable=not progress, desc="index") as bar:
         for block in _blocks(x):
             index.add(normalized(block))
             bar.update(len(block))
-    return index
 
 
 def kind_of(index: Any) -> str:
@@ -97,27 +107,45 @@ def kind_of(index: Any) -> str:
     return "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
 
 
+def rows_digest(x: np.ndarray) -> str:
+    """The sha256 of the rows ``x`` as float32 bytes: what says that the rows an index covers are unchanged."""
+    h = hashlib.sha256()
+    for block in _blocks(x):
+        h.update(np.ascontiguousarray(block, np.float32).data)
+    return h.hexdigest()
+
+
 def write(coll: Collection, kind: str = "auto", projections: np.ndarray | None = None, progress: bool = False) -> dict:
     """Build the index of ``coll`` (and of its audio ``projections``, when given), write it beside the features and
     record it in the manifest; return that record."""
-    faiss = faiss_module()
     t0 = time.time()
     files = index_files(coll.features)
-    record: dict = {"rows": len(coll), "z_dim": coll.z.shape[1], "model": coll.model_info,
-                    "features": file_stamp(coll.features), "files": {}}  # fmt: skip
+    record: dict = {"rows": len(coll), "z_dim": coll.z.shape[1], "model": coll.model_info, "trained_rows": len(coll),
+                    "files": {}}  # fmt: skip
     for space, rows in (("z", coll.z), ("projection", projections)):
         if rows is None:
             files[space].unlink(missing_ok=True)
             continue
         index = build(rows, kind, progress=progress)
+        record["files"][space] = _save(index, files[space])
+    return _record(coll, record, t0)
 
-        def save(tmp: Path, ix: Any = index) -> None:
-            faiss.write_index(ix, str(tmp))
 
-        atomic_write(files[space], save)
-        record["files"][space] = {"file": files[space].name, "kind": kind_of(index), "stamp": file_stamp(files[space]),
-                                  "bytes": files[space].stat().st_size}  # fmt: skip
-    record["seconds"] = round(time.time() - t0, 2)
+def _save(index: Any, path: Path) -> dict:
+    """Write ``index`` to ``path`` atomically; return its entry in the record."""
+    faiss = faiss_module()
+
+    def save(tmp: Path) -> None:
+        faiss.write_index(index, str(tmp))
+
+    atomic_write(path, save)
+    return {"file": path.name, "kind": kind_of(index), "stamp": file_stamp(path), "bytes": path.stat().st_size}
+
+
+def _record(coll: Collection, record: dict, t0: float) -> dict:
+    """Complete ``record`` with what identifies the features now and write it into their manifest."""
+    record.update(features=file_stamp(coll.features), digest=rows_digest(coll.embeddings),
+                  seconds=round(time.time() - t0, 2))  # fmt: skip
     mpath = manifest_path(coll.features)
     manifest = json.loads(mpath.read_text())
     manifest["index"] = coll.index_record = record
@@ -125,12 +153,59 @@ def write(coll: Collection, kind: str = "auto", projections: np.ndarray | None =
     return record
 
 
+def not_extendable(coll: Collection) -> str | None:
+    """Why the index of ``coll`` cannot take the rows added after the ones it covers, or None when it can: it
+    covers fewer rows than the features have, those rows are unchanged (their digest), and it is the model's."""
+    record = coll.index_record
+    files = index_files(coll.features)
+    if not record.get("digest"):
+        return "the manifest records no digest of the indexed rows"
+    if record.get("rows") == len(coll):
+        return f"it covers all {len(coll)} rows already"
+    if not 0 < record.get("rows", 0) < len(coll) or record.get("z_dim") != coll.z.shape[1]:
+        return f"it covers {record.get('rows')} rows, the features have {len(coll)}"
+    if not same_model(record.get("model") or {}, coll.model_info):
+        return "it was built from the rows of another checkpoint"
+    for space, entry in record.get("files", {}).items():
+        if entry.get("stamp") != file_stamp(files[space]):
+            return f"{files[space].name} is missing or was rewritten since"
+    if rows_digest(coll.embeddings[: record["rows"]]) != record["digest"]:
+        return f"the first {record['rows']} rows of {coll.features.name} changed since"
+    return None
+
+
+def extend(coll: Collection, projections: np.ndarray | None = None, progress: bool = False) -> dict:
+    """Add the rows of ``coll`` after the ones its index covers (and their audio ``projections``, required when a
+    search index exists) to the index files, without training again; return the new record.
+
+    Raises:
+        CoalaEmbedError: the index cannot be extended (:func:`not_extendable`): it must be built again.
+    """
+    why = not_extendable(coll)
+    if why:
+        raise CoalaEmbedError(f"the index of {coll.features} cannot be extended: {why}")
+    faiss = faiss_module()
+    t0 = time.time()
+    record, files = dict(coll.index_record), index_files(coll.features)
+    start = record["rows"]
+    for space in record["files"]:
+        rows = coll.z[start:] if space == "z" else projections
+        if rows is None or len(rows) != len(coll) - start:
+            raise CoalaEmbedError(f"extending {files[space].name} needs the {len(coll) - start} new rows' projections")
+        index = faiss.read_index(str(files[space]))
+        _add(index, rows, progress)
+        record["files"][space] = _save(index, files[space])
+    record.update(rows=len(coll), added=len(coll) - start)
+    return _record(coll, record, t0)
+
+
 def load(coll: Collection, space: str = "z") -> Any | None:
     """The index of ``coll`` for ``space`` ("z" or "projection"), or None when none was built.
 
     Raises:
         CoalaEmbedError: the index no longer matches the features (other rows, another model, a rewritten
-            features or index file), or FAISS is missing while an index exists; the message says how to rebuild.
+            features or index file), or FAISS is missing while an index exists; the message says how to rebuild
+            it, or how to add the rows appended since.
     """
     record = coll.index_record
     path = index_files(coll.features)[space]
@@ -152,6 +227,8 @@ def load(coll: Collection, space: str = "z") -> Any | None:
         why = f"{coll.features.name} was rewritten since"
     elif entry.get("stamp") != file_stamp(path):
         why = f"{path.name} was rewritten since"
+    if why and record.get("rows", 0) < len(coll) and not_extendable(coll) is None:
+        rebuild = f"add the new rows to it with `coala-embed index {coll.features}`, or add --exact"
     if why:
         raise CoalaEmbedError(f"the index of {coll.features} is stale: {why}; {rebuild}")
     faiss = faiss_module()

@@ -47,6 +47,7 @@ class EmbedRequest:
     fast_frontend: bool
     shard: str | None
     resume: bool
+    append: bool
     force: bool
     max_hours: float
     quiet: bool
@@ -166,6 +167,10 @@ def _max_hours(ctx: click.Context, param: click.Parameter, value: float) -> floa
     help="Embed only the K-th of N deterministic slices of the inputs (K = 1..N); join them with `coala-embed merge`.",
 )
 @click.option("--resume", is_flag=True, help="Finish an interrupted run with the same inputs and options.")
+@click.option("--append", is_flag=True,
+              help="Add the inputs not yet in OUTPUT after its rows (same checkpoint and options as the run that "
+              "wrote it); a file that failed there is tried again. The rows already there are kept as they are, "
+              "and `coala-embed index` then adds the new ones to the index.")  # fmt: skip
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing outputs and discard interrupted progress.")
 @click.option("--max-hours", default=24.0, show_default=True, callback=_max_hours,
               help="Files longer than this are reported as failures (hours, above 0).")  # fmt: skip
@@ -178,7 +183,8 @@ def embed_cmd(**options) -> None:
     bundled checkpoint, see --readout) and, beside
     it, OUTPUT-stem.manifest.json: for every input its row or its error, its duration, the model (source,
     sha256), the front-end settings and the package version. Outputs are written atomically. Progress is
-    kept in OUTPUT.partial/ so that `--resume` finishes a killed run with the same result.
+    kept in OUTPUT.partial/ so that `--resume` finishes a killed run with the same result. `--append` adds new
+    files to an existing OUTPUT (progress in OUTPUT.append/; `--append --resume` finishes it).
 
     \b
     Exit status:
@@ -190,6 +196,7 @@ def embed_cmd(**options) -> None:
     \b
     Example:
       coala-embed recordings/ -o feats.npy        # then: numpy.load("feats.npy"), feats.manifest.json
+      coala-embed recordings/ -o feats.npy --append   # later: only the files added since
     """
     from .. import batch
     from ..config import PATCH_FRAMES
@@ -212,11 +219,20 @@ def _embed(req: EmbedRequest, fmt: str, shard: tuple[int, int] | None) -> None:
     from ..audio_io import AUDIO_EXTENSIONS, find_audio
     from ..journal import state_dir
 
-    _check_out(req.out, req.force, req.resume)
+    base = None
+    if req.append:
+        base = _check_append(req)
+    else:
+        _check_out(req.out, req.force, req.resume)
     paths = find_audio(req.inputs, req.exts or AUDIO_EXTENSIONS, recursive=not req.no_recursive,
                        follow_links=req.follow_links)  # fmt: skip
     if not paths:
         raise click.UsageError("no audio files found in the inputs (check --ext)")
+    if base is not None:
+        paths = _new_inputs(paths, base, req.out)
+        if not paths:
+            click.echo(f"nothing to add: every input is already in {req.out}", err=True)
+            return
     fingerprint, total = batch.inputs_fingerprint(paths), len(paths)
     indices = list(range(len(paths)))
     if shard:  # a shard may be empty (more shards than files): it still writes a valid, empty part for merge
@@ -240,11 +256,86 @@ def _embed(req: EmbedRequest, fmt: str, shard: tuple[int, int] | None) -> None:
         max_hours=req.max_hours,
         precision=req.precision,
     )
+    if base is not None:
+        _append(req, paths, model, opts, base)
+        return
     on_failure(f"{req.out} was left as it was and the progress is kept in {state_dir(req.out)}: rerun the "
                "same command with --resume to finish")  # fmt: skip
     manifest = batch.run(paths, req.out, model, opts, indices=indices, shard=req.shard, resume=req.resume,
                          progress=not req.quiet, fingerprint=fingerprint, total_inputs=total)  # fmt: skip
     _report(manifest, req.out)
+
+
+def append_dir(out: Path) -> Path:
+    """Where ``--append`` embeds the new files before they join ``out``: ``feats.npy`` -> ``feats.npy.append/``."""
+    return out.with_name(out.name + ".append")
+
+
+def _check_append(req: EmbedRequest) -> dict:
+    """The manifest of the output that ``--append`` adds to, once the request can append to it."""
+    from ..errors import CoalaEmbedError
+    from ..joining import read_output
+    from ..journal import state_dir
+
+    if req.force or req.shard:
+        raise click.UsageError(f"--append adds to {req.out}; it does not go with {'-f' if req.force else '--shard'}")
+    if not req.out.exists():
+        raise click.UsageError(f"{req.out} does not exist: there is nothing to append to (run without --append)")
+    if state_dir(req.out).exists():
+        raise click.UsageError(f"{state_dir(req.out)} holds an interrupted run of {req.out}: finish it with --resume "
+                               "(without --append) first")  # fmt: skip
+    try:
+        return read_output(req.out)
+    except (CoalaEmbedError, ValueError) as e:
+        raise click.UsageError(f"cannot append to {req.out}: {e}") from e
+
+
+def _new_inputs(paths: list[Path], base: dict, out: Path) -> list[Path]:
+    """The inputs not yet embedded in ``out`` (whose manifest is ``base``), matched by path as given or made
+    absolute; refuses inputs whose content changed since they were embedded (an append only adds rows)."""
+    import os
+
+    from ..journal import file_stamp
+
+    known: dict[str, dict] = {}
+    for e in base["files"]:
+        known[e["path"]] = known[os.path.abspath(e["path"])] = e
+    entries = [(p, known.get(str(p)) or known.get(os.path.abspath(p))) for p in paths]
+    changed = [p for p, e in entries if e and e["status"] == "ok" and e.get("stamp") and file_stamp(p) != e["stamp"]]
+    if changed:
+        raise click.UsageError(
+            f"{len(changed)} input(s) changed since they were embedded into {out} (first: {changed[0]}); --append "
+            "only adds files: embed the collection again with -f"
+        )
+    new = [p for p, e in entries if not e or e["status"] != "ok"]
+    if len(new) < len(paths):
+        click.echo(f"{len(paths) - len(new)} of the {len(paths)} inputs are already in {out}", err=True)
+    return new
+
+
+def _append(req: EmbedRequest, paths: list[Path], model, opts, base: dict) -> None:
+    """Embed ``paths`` into a part beside the output, then join it after the output's rows."""
+    import shutil
+
+    from .. import batch, joining
+    from ..journal import state_dir
+
+    why = joining.append_conflict(base, model, opts)
+    if why:
+        raise click.UsageError(f"cannot append to {req.out}: {why}")
+    folder = append_dir(req.out)
+    part = folder / req.out.name
+    if folder.exists() and not state_dir(part).exists():
+        shutil.rmtree(folder)  # a part whose join was interrupted: its files are in the output already, or redone
+    if folder.exists() and not req.resume:
+        raise click.UsageError(f"{folder} holds an interrupted --append: add --resume to finish it")
+    folder.mkdir(exist_ok=True)
+    on_failure(f"{req.out} was left as it was and the progress is kept in {folder}: rerun the same command with "
+               "--resume to finish")  # fmt: skip
+    manifest = batch.run(paths, part, model, opts, resume=req.resume, progress=not req.quiet)
+    joined = joining.append(req.out, part)
+    shutil.rmtree(folder)
+    _report(manifest, req.out, joined)
 
 
 def _check_out(out: Path, force: bool, resume: bool) -> None:
@@ -276,18 +367,25 @@ def _check_out(out: Path, force: bool, resume: bool) -> None:
             raise click.UsageError(f"{p} exists; add -f to overwrite it")
 
 
-def _report(manifest: dict, out: Path) -> None:
+def _report(manifest: dict, out: Path, joined: dict | None = None) -> None:
+    """The run's failures and its one-line summary on stderr; exit 1 when files failed. ``joined``: the output
+    that an ``--append`` run's rows (``manifest``) were added to."""
     from ..batch import manifest_path
 
     s = manifest["summary"]
     failed = [e for e in manifest["files"] if e["status"] != "ok"]
     for e in failed:
         click.echo(f"failed: {e['error']}", err=True)
-    click.echo(
-        f"{s['ok']} of {s['inputs']} files embedded ({s['audio_hours']:.3f} h of audio) -> {out}, {manifest_path(out)}"
-        + (f"; {len(failed)} failed" if failed else ""),
-        err=True,
-    )
+    if joined is None:
+        done = f"{s['ok']} of {s['inputs']} files embedded ({s['audio_hours']:.3f} h of audio) -> {out}"
+    else:
+        done = (f"{s['ok']} of {s['inputs']} new files embedded ({s['audio_hours']:.3f} h of audio) and added to "
+                f"{out} ({joined['summary']['ok']:,} rows)")  # fmt: skip
+    click.echo(f"{done}, {manifest_path(out)}" + (f"; {len(failed)} failed" if failed else ""), err=True)
+    index = (joined or {}).get("index")
+    if index:
+        click.echo(f"its index covers the first {index['rows']:,} rows: `coala-embed index {out}` adds the new ones",
+                   err=True)  # fmt: skip
     if failed:
         sys.exit(EXIT_FAILED_FILES)
 
@@ -306,7 +404,7 @@ def merge_cmd(shards, out, force) -> None:
       coala-embed audio/ -o part1.npz --shard 1/2 && coala-embed audio/ -o part2.npz --shard 2/2
       coala-embed merge -o all.npz part1.npz part2.npz
     """
-    from .. import batch
+    from .. import batch, joining
     from ..errors import CoalaEmbedError
 
     batch.check_output(out)
@@ -316,7 +414,7 @@ def merge_cmd(shards, out, force) -> None:
     with locked(out):
         _check_out(out, force, False)
         try:
-            manifest = batch.merge(list(shards), out)
+            manifest = joining.merge(list(shards), out)
         except (CoalaEmbedError, KeyError, ValueError) as e:
             raise click.UsageError(f"cannot merge: {e}") from e
     _report(manifest, out)

@@ -173,7 +173,7 @@ def duplicates_cmd(features, threshold, as_json, exact) -> None:
 @click.option(
     "--no-search", is_flag=True, help="Index only the codes z (neighbours, duplicates), not `search`'s space."
 )
-@click.option("-f", "--force", is_flag=True, help="Replace an existing index.")
+@click.option("-f", "--force", is_flag=True, help="Build the index again from all the rows, replacing the old one.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @boundary
 def index_cmd(features, kind, weights, any_model, no_search, force, quiet) -> None:
@@ -181,11 +181,14 @@ def index_cmd(features, kind, weights, any_model, no_search, force, quiet) -> No
     mean codes z for `neighbours` and `duplicates` and, unless --no-search, their audio projections for
     `search`. The index files lie beside FEATURES (FEATURES-stem.index.faiss, .search.faiss) and the manifest
     records them; a command finds and checks them itself (--exact there ignores them), and refuses a stale one.
-    After more files are embedded (a new run, a merge), build it again with -f.
+    After `coala-embed --append` added files to FEATURES, the same command adds their rows to the index (an
+    inverted file keeps the lists it was trained with: after the collection has grown several times over, -f
+    trains new ones); after FEATURES were written again, -f builds the index again.
 
     \b
     Output: one line, "FEATURES: N rows, KIND, SECONDS s, MB". Example:
-      coala-embed sounds/ -o feats.npy && coala-embed index feats.npy && coala-embed duplicates feats.npy"""
+      coala-embed sounds/ -o feats.npy && coala-embed index feats.npy && coala-embed duplicates feats.npy
+      coala-embed new_sounds/ -o feats.npy --append && coala-embed index feats.npy"""
     import sys
 
     from .. import index
@@ -193,18 +196,31 @@ def index_cmd(features, kind, weights, any_model, no_search, force, quiet) -> No
     index.faiss_module()  # before any work: the extra is missing
     coll = collection(features)
     files = index_files_present(coll)
+    start = 0
     if files and not force:
-        raise click.UsageError(f"{', '.join(files)} exist; add -f to rebuild the index")
+        why = index.not_extendable(coll)
+        if why:
+            raise click.UsageError(
+                f"{', '.join(files)} exist and take no new rows ({why}); add -f to rebuild the index"
+            )
+        start = coll.index_record["rows"]
     projections = None
-    if not no_search:
+    # extending: the spaces the index has; building: search's too unless --no-search
+    if ("projection" in coll.index_record["files"]) if start else not no_search:
         model = load(weights, "cpu")
         check_model(coll, model, any_model)
         if model.tag is not None:
-            projections = index.projections(model, coll.z)
-    record = index.write(coll, kind, projections, progress=not quiet and sys.stderr.isatty())
+            projections = index.projections(model, coll.z[start:])
+    progress = not quiet and sys.stderr.isatty()
+    record = index.extend(coll, projections, progress) if start else index.write(coll, kind, projections, progress)
     mb = sum(f["bytes"] for f in record["files"].values()) / 2**20
     kinds = "/".join(f["kind"] for f in record["files"].values())
-    click.echo(f"{features}: {record['rows']:,} rows, {kinds}, {record['seconds']:.1f} s, {mb:.1f} MB", err=True)
+    what = f"{record['added']:,} rows added, {record['rows']:,} in all" if start else f"{record['rows']:,} rows"
+    click.echo(f"{features}: {what}, {kinds}, {record['seconds']:.1f} s, {mb:.1f} MB", err=True)
+    if start and record["rows"] > index.REBUILD_GROWTH * record["trained_rows"]:
+        click.echo(f"the index was built on {record['trained_rows']:,} rows; `coala-embed index {features} -f` builds "
+                   "it for the collection as it is now (its lists, or an inverted file instead of a flat one)",
+                   err=True)  # fmt: skip
 
 
 def index_files_present(coll) -> list[str]:
