@@ -1,12 +1,15 @@
 """The approximate-neighbour index (``coala-embed index``) against the exact path, measured in one run on this
 machine: build time, peak memory, index size and k-NN query latency at each size, recall@10 against brute force
 on held-out queries, and near-duplicate groups at the largest size (time, and recall of planted duplicate pairs).
+``--append F`` then adds F times the rows to each collection (as ``coala-embed --append`` does) and times
+``index.extend`` against the build from zero, with recall@10 over all the rows afterwards.
 
 Rows are real-shaped: the 1152-d codes z of real clips (the five evaluation tasks' audio when the training cache
 holds them, else FSDD and the bundled examples), each synthetic row a random mix of two real codes plus noise, so
 that neighbourhoods look like a collection's; 1 % of the rows are planted near-copies of others.
 
     python bench/index.py [--rows 100000 1000000] [--kind ivf] [--weights DIR]
+    python bench/index.py --rows 100000 --append 0.1 --no-duplicates
 """
 
 from __future__ import annotations
@@ -75,11 +78,24 @@ def synthetic(real: np.ndarray, n: int, seed: int) -> np.ndarray:
     return out
 
 
-def write_collection(path: Path, rows: np.ndarray) -> None:
+def write_collection(path: Path, rows: np.ndarray, index: dict | None = None) -> None:
     np.save(path, rows)
     files = [{"index": i, "path": f"f{i:07d}.wav", "status": "ok", "row": i} for i in range(len(rows))]
-    manifest = {"output": path.name, "files": files, "dims": {"z": rows.shape[1]}, "model": {"source": "bench"}}
+    manifest = {"output": path.name, "files": files, "dims": {"z": rows.shape[1]}, "model": {"source": "bench"},
+                "index": index or {}}  # fmt: skip
     path.with_name(path.stem + ".manifest.json").write_text(json.dumps(manifest))
+
+
+def recall_at_10(ix, z: np.ndarray, queries: np.ndarray) -> float:
+    """Recall@10 of the index's k-NN of ``queries`` against brute force over the rows ``z``."""
+    from coala_embed import index
+    from coala_embed.collection import normalized
+
+    _, found = index.knn(ix, queries, 10)
+    qn = normalized(queries)
+    sims = np.concatenate([normalized(z[a : a + 65_536]) @ qn.T for a in range(0, len(z), 65_536)])
+    exact = np.argpartition(-sims, 10, axis=0)[:10].T
+    return float(np.mean([len(set(found[k]) & set(exact[k])) / 10 for k in range(len(queries))]))
 
 
 def main() -> None:
@@ -88,9 +104,10 @@ def main() -> None:
     p.add_argument("--kind", default="ivf", choices=["flat", "ivf", "ivf-sq8"])
     p.add_argument("--weights", default=None)
     p.add_argument("--no-duplicates", action="store_true")
+    p.add_argument("--append", type=float, default=0.0, help="then add this fraction of rows and extend the index")
     a = p.parse_args()
     from coala_embed import index
-    from coala_embed.collection import exact_pairs, group_pairs, load_collection, normalized
+    from coala_embed.collection import exact_pairs, group_pairs, load_collection
 
     where = f"[{cpu_name()}, {os.cpu_count()} cores]"
     real = real_codes(a.weights)
@@ -115,12 +132,7 @@ def main() -> None:
         for q in queries:
             index.knn(ix, q, 10)
         ms = 1000 * (time.perf_counter() - t) / QUERIES
-        _, found = index.knn(ix, queries, 10)
-        qn = normalized(queries)
-        sims = np.concatenate([normalized(coll.z[a : a + 65_536]) @ qn.T for a in range(0, n, 65_536)])
-        exact = np.argpartition(-sims, 10, axis=0)[:10].T
-        del sims
-        recall = np.mean([len(set(found[k]) & set(exact[k])) / 10 for k in range(QUERIES)])
+        recall = recall_at_10(ix, coll.z, queries)
         per_million = built["bytes"] / 2**30 * 1e6 / n
         print(f"{n:>9,} rows: build {built['seconds']:.1f} s ({built['kind']}), peak RSS {built['rss_peak_mb']} MB "
               f"(features alone {built['rss_before_mb']} MB), index {built['bytes'] / 2**20:.0f} MB "
@@ -139,6 +151,19 @@ def main() -> None:
                 t = time.perf_counter()
                 same = group_pairs(n, exact_pairs(coll.z, 0.98)) == groups
                 print(f"{n:>9,} rows: exact duplicates {time.perf_counter() - t:.1f} s, same groups: {same}  {where}")
+        if a.append:
+            m = int(n * a.append)
+            write_collection(
+                feats, np.concatenate([coll.embeddings, synthetic(real, m, seed=n + 2)]), coll.index_record
+            )
+            grown = load_collection(feats)
+            t = time.perf_counter()
+            index.extend(grown)
+            ext_s = time.perf_counter() - t
+            recall = recall_at_10(index.load(grown), grown.z, queries)
+            print(f"{n:>9,} rows + {m:,} appended: index extended in {ext_s:.1f} s (built from zero for {n:,}: "
+                  f"{built['seconds']:.1f} s), recall@10 over all rows {recall:.3f}  {where}")  # fmt: skip
+            del grown
         del coll, ix
         for f in tmp.glob(f"f{n}*"):
             f.unlink()
