@@ -142,3 +142,17 @@ def test_cca_and_average_precision():
     assert mean_cca(x, y_related, pcs=40) > 0.99
     assert mean_cca(x, y_noise, pcs=5) < 0.2
     assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_readouts_are_column_groups_and_byol_a_s_time_pooling_of_the_last_map():
+    from training.eval.readouts import readouts
+
+    ways = readouts(z_dim=2 * 3 * 3, channels=2, blocks=2)  # z: a [2 channels, 3 mel, 3 time] map; 2 maxima blocks
+    p = np.arange(2 * 22, dtype=np.float32).reshape(2, 22)  # two patches
+    np.testing.assert_array_equal(ways["z+max"](p), p.mean(0))
+    np.testing.assert_array_equal(ways["z"](p), p[:, :18].mean(0))
+    np.testing.assert_array_equal(ways["max1-2"](p), p[:, 18:].mean(0))
+    np.testing.assert_array_equal(ways["z+max2"](p), np.concatenate([p[:, :18], p[:, 20:]], 1).mean(0))
+    np.testing.assert_array_equal(ways["z mean+max"](p), np.concatenate([p[:, :18].mean(0), p[:, :18].max(0)]))
+    # channel 0, mel row 0 over time: patch 0 gives 0, 1, 2 and patch 1 gives 22, 23, 24: mean 12 + max 24
+    assert ways["last t-mean+max"](p).shape == (2 * 3,) and ways["last t-mean+max"](p)[0] == 12 + 24
