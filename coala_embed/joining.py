@@ -5,6 +5,7 @@ manifest both or neither, rows in the order the entries give, npz frames carried
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -124,11 +125,12 @@ def _differs(a, b) -> str:
     return f"{a!r} there, {b!r} here"
 
 
-def append(out: Path, part: Path) -> dict:
+def append(out: Path, part: Path, replaced: Collection[int] = ()) -> dict:
     """Add the rows of the output ``part`` (a run on new files, same model and settings) after the rows of ``out``,
     rewriting ``out`` and its manifest both or neither: the rows of ``out`` are kept as they are and the index
-    built over them stays valid for them (``coala-embed index`` adds the new ones). A file that failed in ``out``
-    and is in ``part`` loses its old error entry.
+    built over them stays valid for them (``coala-embed index`` adds the new ones). The entries of ``out`` whose
+    ``index`` is in ``replaced`` (files that failed there and were tried again in ``part``) are dropped, and so is
+    an error entry of ``out`` whose path ``part`` holds.
 
     Raises:
         CoalaEmbedError: the two outputs do not share the model, front-end, readout, format and precision.
@@ -138,7 +140,11 @@ def append(out: Path, part: Path) -> dict:
     if key:
         raise CoalaEmbedError(f"{part} cannot be appended to {out}: their {key} differ")
     retried = {e["path"] for e in new["files"]}
-    entries = [(e, 0) for e in base["files"] if e["status"] == "ok" or e["path"] not in retried]
+    entries = [
+        (e, 0)
+        for e in base["files"]
+        if e["status"] == "ok" or (e["path"] not in retried and e["index"] not in replaced)
+    ]
     entries += [(e, 1) for e in new["files"]]
     entries = [(dict(e, index=i), k) for i, (e, k) in enumerate(entries)]
     manifest = dict(base, created=new["created"], coala_embed_version=new["coala_embed_version"],

@@ -59,6 +59,9 @@ def test_append_embeds_only_the_new_files_and_keeps_the_old_rows(tmp_path, weigh
         np.testing.assert_allclose(got[p], want[p], atol=1e-5)
     r = _run(folder.absolute(), "-o", out, "--weights", weights_dir, "-q", "--append")  # the same files, absolute
     assert r.exit_code == 0 and "nothing to add" in r.output and np.load(out).shape == (6, 1152), r.output
+    monkeypatch.chdir(folder)  # and spelled from another folder: the same files all the same
+    r = _run(".", "-o", out, "--weights", weights_dir, "-q", "--append")
+    assert r.exit_code == 0 and "nothing to add" in r.output and np.load(out).shape == (6, 1152), r.output
 
 
 def test_append_refuses_other_settings_changed_files_and_a_missing_output(tmp_path, weights_dir):
@@ -131,7 +134,7 @@ def test_an_interrupted_append_resumes_without_duplicates(tmp_path, weights_dir,
     r = _run(*args)
     assert r.exit_code == 2 and "interrupted --append: add --resume" in r.output, r.output
     with monkeypatch.context() as m:  # the part is complete, the join is interrupted: the next run redoes it
-        m.setattr(joining, "append", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+        m.setattr(joining, "append", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
         assert _run(*args, "--resume").exit_code == 130
     assert out.read_bytes() == before
     assert _run(*args).exit_code == 0

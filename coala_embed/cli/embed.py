@@ -229,7 +229,7 @@ def _embed(req: EmbedRequest, fmt: str, shard: tuple[int, int] | None) -> None:
     if not paths:
         raise click.UsageError("no audio files found in the inputs (check --ext)")
     if base is not None:
-        paths = _new_inputs(paths, base, req.out)
+        paths, retried = _new_inputs(paths, base, req.out)
         if not paths:
             click.echo(f"nothing to add: every input is already in {req.out}", err=True)
             return
@@ -257,7 +257,7 @@ def _embed(req: EmbedRequest, fmt: str, shard: tuple[int, int] | None) -> None:
         precision=req.precision,
     )
     if base is not None:
-        _append(req, paths, model, opts, base)
+        _append(req, paths, model, opts, base, retried)
         return
     on_failure(f"{req.out} was left as it was and the progress is kept in {state_dir(req.out)}: rerun the "
                "same command with --resume to finish")  # fmt: skip
@@ -290,17 +290,29 @@ def _check_append(req: EmbedRequest) -> dict:
         raise click.UsageError(f"cannot append to {req.out}: {e}") from e
 
 
-def _new_inputs(paths: list[Path], base: dict, out: Path) -> list[Path]:
-    """The inputs not yet embedded in ``out`` (whose manifest is ``base``), matched by path as given or made
-    absolute; refuses inputs whose content changed since they were embedded (an append only adds rows)."""
+def _new_inputs(paths: list[Path], base: dict, out: Path) -> tuple[list[Path], set[int]]:
+    """The inputs not yet embedded in ``out`` (whose manifest is ``base``), and the indices of the entries of
+    ``out`` that failed and are tried again. An input is known when it is the same file as an entry's (its path as
+    given or beside ``out``), or has the same path as given or made absolute; a known input whose content changed
+    since it was embedded is refused (an append only adds rows)."""
     import os
 
     from ..journal import file_stamp
 
-    known: dict[str, dict] = {}
+    def identity(p: str | Path) -> tuple[int, int] | None:
+        try:
+            st = os.stat(p)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    known: dict = {}
     for e in base["files"]:
         known[e["path"]] = known[os.path.abspath(e["path"])] = e
-    entries = [(p, known.get(str(p)) or known.get(os.path.abspath(p))) for p in paths]
+        ident = identity(e["path"]) or identity(out.parent / e["path"])
+        if ident:
+            known[ident] = e
+    entries = [(p, known.get(identity(p)) or known.get(str(p)) or known.get(os.path.abspath(p))) for p in paths]
     changed = [p for p, e in entries if e and e["status"] == "ok" and e.get("stamp") and file_stamp(p) != e["stamp"]]
     if changed:
         raise click.UsageError(
@@ -310,11 +322,12 @@ def _new_inputs(paths: list[Path], base: dict, out: Path) -> list[Path]:
     new = [p for p, e in entries if not e or e["status"] != "ok"]
     if len(new) < len(paths):
         click.echo(f"{len(paths) - len(new)} of the {len(paths)} inputs are already in {out}", err=True)
-    return new
+    return new, {e["index"] for _, e in entries if e and e["status"] != "ok"}
 
 
-def _append(req: EmbedRequest, paths: list[Path], model, opts, base: dict) -> None:
-    """Embed ``paths`` into a part beside the output, then join it after the output's rows."""
+def _append(req: EmbedRequest, paths: list[Path], model, opts, base: dict, retried: set[int]) -> None:
+    """Embed ``paths`` into a part beside the output, then join it after the output's rows (the entries
+    ``retried``, which failed there, give way to the part's)."""
     import shutil
 
     from .. import batch, joining
@@ -333,7 +346,7 @@ def _append(req: EmbedRequest, paths: list[Path], model, opts, base: dict) -> No
     on_failure(f"{req.out} was left as it was and the progress is kept in {folder}: rerun the same command with "
                "--resume to finish")  # fmt: skip
     manifest = batch.run(paths, part, model, opts, resume=req.resume, progress=not req.quiet)
-    joined = joining.append(req.out, part)
+    joined = joining.append(req.out, part, replaced=retried)
     shutil.rmtree(folder)
     _report(manifest, req.out, joined)
 
