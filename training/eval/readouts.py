@@ -71,7 +71,7 @@ def score(specs: list[str], data: Path) -> dict:
         scores: dict[str, dict[str, float]] = {g: {} for g in ways}
         for task, rows in tasks.items():
             patches, offsets = task_patches(task, rows, model.config.frontend, data / "eval-cache")
-            per_patch = embed_patches(model, patches, 256).numpy()
+            per_patch = embed_patches(model, patches, 256)
             for g, way in ways.items():
                 feats = np.stack([way(per_patch[a:b]) for a, b in zip(offsets[:-1], offsets[1:])]).astype(np.float32)
                 scores[g][task] = 100 * classify(*split_xy(feats, rows, "val"), 0)["logreg"]
