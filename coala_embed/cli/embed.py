@@ -193,6 +193,7 @@ def embed_cmd(**options) -> None:
       2  usage error (bad option or output path, output exists without -f, another run writing it,
          unknown device or weights)
       3  the run failed while writing its output (e.g. disk full); rerun with --resume
+      130  interrupted (Ctrl-C); rerun with --resume
     \b
     Example:
       coala-embed recordings/ -o feats.npy        # then: numpy.load("feats.npy"), feats.manifest.json
