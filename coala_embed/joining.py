@@ -118,7 +118,7 @@ def append_conflict(manifest: dict, model: CoalaModel, opts: Options) -> str | N
 
 
 def _differs(a, b) -> str:
-    """The first field where two records differ, as ``field: a != b``."""
+    """Where two records differ: their first differing field, as ``field: A there, B here``."""
     if isinstance(a, dict) and isinstance(b, dict):
         key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
         return f"{key}: {a.get(key)!r} there, {b.get(key)!r} here"
@@ -190,7 +190,7 @@ def _join(out: Path, sources: list[Path], entries: list[tuple[dict, int]], manif
                 return
             arrays: dict[str, np.ndarray] = {"embeddings": emb, "paths": paths}
             if frames:
-                frame_dim = next((f.shape[1] for f, _ in frame_arrays if len(f)), dim)
+                frame_dim = next((f.shape[1] for f, _ in frame_arrays if f.shape[1]), dim)
                 arrays["frames"] = np.concatenate(
                     [frame_arrays[k][0][a:b] for k, a, b in fsel] or [np.zeros((0, frame_dim), np.float32)]
                 )
