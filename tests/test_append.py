@@ -155,6 +155,8 @@ def test_index_takes_the_appended_rows_and_answers_as_the_exact_path(tmp_path, w
     assert r.exit_code == 0 and f"`coala-embed index {out}` adds the new ones" in r.output, r.output
     r = _run("neighbours", out, folder / "s0.wav")
     assert r.exit_code == 2 and "add the new rows to it with `coala-embed index" in r.output, r.output
+    r = _run("index", out, "--weights", weights_dir, "-q", "--kind", "ivf")
+    assert r.exit_code == 2 and "the index is flat; add -f to build it again as ivf" in r.output, r.output
     r = _run("index", out, "--weights", weights_dir, "-q")
     assert r.exit_code == 0 and "3 rows added, 7 in all, flat/flat" in r.output, r.output
     for args in (["neighbours", out, folder / "s5.wav", "-k", "6"], ["search", out, "tag1 tag2", "-k", "7"]):

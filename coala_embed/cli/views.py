@@ -204,6 +204,9 @@ def index_cmd(features, kind, weights, any_model, no_search, force, quiet) -> No
                 f"{', '.join(files)} exist and take no new rows ({why}); add -f to rebuild the index"
             )
         start = coll.index_record["rows"]
+        have = {f["kind"] for f in coll.index_record["files"].values()}
+        if kind != "auto" and have != {kind}:
+            raise click.UsageError(f"the index is {'/'.join(sorted(have))}; add -f to build it again as {kind}")
     projections = None
     # extending: the spaces the index has; building: search's too unless --no-search
     if ("projection" in coll.index_record["files"]) if start else not no_search:
