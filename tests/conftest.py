@@ -32,6 +32,18 @@ def chirp(seconds: float = 3.0, sr: int = SR) -> np.ndarray:
     return (0.5 * np.sin(phase)).astype(np.float32)
 
 
+def fake_collection(path: Path, rows: np.ndarray, model: dict | None = None, index: dict | None = None) -> None:
+    """A features file and manifest as coala-embed writes them, for rows made in code (``index``: the manifest's
+    record of an index built over some of them)."""
+    import json
+
+    np.save(path, rows.astype(np.float32))
+    files = [{"index": i, "path": f"f{i:06d}.wav", "status": "ok", "row": i, "duration": 1.0} for i in range(len(rows))]
+    manifest = {"output": path.name, "files": files, "dims": {"z": rows.shape[1]},
+                "model": model or {"source": "test", "sha256": "0" * 64}, "index": index or {}}  # fmt: skip
+    path.with_name(path.stem + ".manifest.json").write_text(json.dumps(manifest))
+
+
 def random_model(seed: int = 0, **frontend) -> CoalaModel:
     """A random-weight model with a plausible scaler (about (x + 12) / 17, like the original's)."""
     torch.manual_seed(seed)

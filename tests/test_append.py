@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from conftest import SR, noise
+from conftest import SR, fake_collection, noise
 
 from coala_embed.cli import main
 
@@ -168,15 +168,6 @@ def test_index_takes_the_appended_rows_and_answers_as_the_exact_path(tmp_path, w
     assert r.exit_code == 2 and "covers all 7 rows already" in r.output, r.output
 
 
-def _fake_collection(path, rows: np.ndarray, index: dict | None = None):
-    """A features file and manifest as coala-embed writes them, for rows made in code."""
-    np.save(path, rows.astype(np.float32))
-    files = [{"index": i, "path": f"f{i:06d}.wav", "status": "ok", "row": i, "duration": 1.0} for i in range(len(rows))]
-    manifest = {"output": path.name, "files": files, "dims": {"z": rows.shape[1]},
-                "model": {"source": "test", "sha256": "0" * 64}, "index": index or {}}  # fmt: skip
-    path.with_name(path.stem + ".manifest.json").write_text(json.dumps(manifest))
-
-
 @pytest.mark.parametrize("kind", ["ivf", "ivf-sq8"])
 def test_an_inverted_file_extended_keeps_its_lists_and_finds_the_new_rows(tmp_path, kind):
     faiss = pytest.importorskip("faiss")
@@ -188,14 +179,14 @@ def test_an_inverted_file_extended_keeps_its_lists_and_finds_the_new_rows(tmp_pa
     rows = np.abs(centres[rng.integers(0, 40, 6000)] + 0.6 * rng.standard_normal((6000, 128)).astype(np.float32))
     rows[5000:5040] = rows[100:140] + 1e-3  # duplicates across the old and the new rows
     f = tmp_path / "f.npy"
-    _fake_collection(f, rows[:4000])
+    fake_collection(f, rows[:4000])
     record = index.write(load_collection(f), kind)
 
     def centroids(ix):
         return faiss.downcast_index(ix.quantizer).reconstruct_n(0, ix.nlist)
 
     trained = centroids(index.load(load_collection(f)))
-    _fake_collection(f, rows, record)  # 2,000 rows appended after the indexed ones
+    fake_collection(f, rows, index=record)  # 2,000 rows appended after the indexed ones
     coll = load_collection(f)
     with pytest.raises(Exception, match="add the new rows to it"):
         index.load(coll)
@@ -219,10 +210,10 @@ def test_an_index_whose_rows_changed_is_not_extended(tmp_path):
 
     rows = np.random.default_rng(1).random((300, 64)).astype(np.float32)
     f = tmp_path / "f.npy"
-    _fake_collection(f, rows[:200])
+    fake_collection(f, rows[:200])
     record = index.write(load_collection(f), "flat")
     rows[7] += 1.0  # an indexed row rewritten, then rows appended
-    _fake_collection(f, rows, record)
+    fake_collection(f, rows, index=record)
     coll = load_collection(f)
     assert "the first 200 rows of f.npy changed since" in index.not_extendable(coll)
     with pytest.raises(Exception, match="rebuild it with"):

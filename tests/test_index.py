@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from conftest import noise
+from conftest import fake_collection, noise
 
 from coala_embed.cli import main
 
@@ -29,15 +29,6 @@ def feats(tmp_path, weights_dir):
     out = tmp_path / "feats.npy"
     assert _run(folder, "-o", out, "--weights", weights_dir, "-q").exit_code == 0
     return out
-
-
-def _fake_collection(path, rows: np.ndarray, model: dict | None = None):
-    """A features file and manifest as coala-embed writes them, for rows made in code."""
-    np.save(path, rows.astype(np.float32))
-    files = [{"index": i, "path": f"f{i:06d}.wav", "status": "ok", "row": i, "duration": 1.0} for i in range(len(rows))]
-    manifest = {"output": path.name, "files": files, "dims": {"z": rows.shape[1]},
-                "model": model or {"source": "test", "sha256": "0" * 64}}  # fmt: skip
-    path.with_name(path.stem + ".manifest.json").write_text(json.dumps(manifest))
 
 
 def test_indexed_commands_answer_as_the_exact_path(feats, weights_dir):
@@ -90,7 +81,7 @@ def test_an_inverted_file_finds_the_neighbours_and_every_planted_duplicate(tmp_p
     rows = centres[rng.integers(0, 40, 6000)] + 0.6 * rng.standard_normal((6000, 256)).astype(np.float32)
     planted = rng.choice(6000, 100, replace=False)
     rows[planted[50:]] = rows[planted[:50]] + 1e-3 * rng.standard_normal((50, 256)).astype(np.float32)
-    _fake_collection(tmp_path / "f.npy", np.abs(rows))
+    fake_collection(tmp_path / "f.npy", np.abs(rows))
     coll = load_collection(tmp_path / "f.npy")
     record = index.write(coll, "ivf")
     assert record["files"]["z"]["kind"] == "ivf"
@@ -124,7 +115,7 @@ def test_dense_duplicate_pairs_come_in_bounded_blocks_with_the_exact_groups(tmp_
     from coala_embed.collection import duplicates, group_pairs, load_collection
 
     rng = np.random.default_rng(1)
-    _fake_collection(tmp_path / "f.npy", np.abs(rng.standard_normal((1500, 64)).astype(np.float32)) + 1)
+    fake_collection(tmp_path / "f.npy", np.abs(rng.standard_normal((1500, 64)).astype(np.float32)) + 1)
     coll = load_collection(tmp_path / "f.npy")
     index.write(coll, kind)
     ix = index.load(coll)
