@@ -2,7 +2,7 @@
 # Screening runs of issue 17: train one recipe with one seed for a fixed number of samples, then score the
 # snapshot of the epoch that reached that length on the validation splits with the logistic-regression screen,
 # with the paper's clip vector (mean of z) and with z+max (ClipConfig). Training resumes from its checkpoint and
-# is skipped once done; the screen reruns from the cached clip features (seconds).
+# is skipped once done, and so is a screen already written for that snapshot.
 #
 #   bash training/screen.sh RECIPE SEED [SAMPLES]      # e.g. bash training/screen.sh sig 0
 #   nice -n 10 bash training/screen.sh wide 1 100000
@@ -42,11 +42,14 @@ if [ "$(done_samples)" -lt "$SAMPLES" ]; then
   $PY -m training.fit "$CONFIG" --set name="$NAME" max_samples="$SAMPLES" \
     min_samples="$SAMPLES" seed="$SEED" >> "$DATA/logs/$NAME.log" 2>&1
 fi
-# The snapshot screened is the epoch that reached SAMPLES, not the newest: a run continued to a longer length can
-# rescreen its earlier lengths.
+# The snapshot screened is the epoch that reached SAMPLES, not the newest: a run continued to a longer length keeps
+# the screens of its earlier lengths right.
 LAST=$($PY -c "import csv,sys; rows=list(csv.DictReader(open(sys.argv[1])))
 print('snapshot_epoch%s.pt' % next((r['epoch'] for r in rows if int(r['samples']) >= int(sys.argv[2])), rows[-1]['epoch']))" \
   "$DATA/runs/$NAME/losses.csv" "$SAMPLES")
-$PY -m training.eval --model "$NAME:$LAST" --model random --recipe signal --recipe signal_zmax --split val --seeds 0 \
-  --out "$EVAL" >> "$DATA/logs/$NAME.log" 2>&1
+# a screen of this snapshot written after it (a restarted queue passing a finished length) is kept as it is
+if ! { [ "$EVAL/results_val.md" -nt "$DATA/runs/$NAME/$LAST" ] && grep -q "| $NAME:$LAST |" "$EVAL/results_val.md"; }; then
+  $PY -m training.eval --model "$NAME:$LAST" --model random --recipe signal --recipe signal_zmax --split val \
+    --seeds 0 --out "$EVAL" >> "$DATA/logs/$NAME.log" 2>&1
+fi
 tail -2 "$EVAL/results_val.md" | sed "s/^/$NAME $LAST: /"
