@@ -141,6 +141,11 @@ def test_an_interrupted_append_resumes_without_duplicates(tmp_path, weights_dir,
     m = _manifest(out)
     assert len(m["files"]) == 6 == len({e["path"] for e in m["files"]}) == np.load(out).shape[0]
     assert not (tmp_path / "f.npy.append").exists()
+    fresh = tmp_path / "fresh.npy"
+    assert _run(folder, "-o", fresh, "--weights", weights_dir, "-q").exit_code == 0
+    want, got = _rows_by_path(fresh), _rows_by_path(out)
+    for p in want:
+        np.testing.assert_allclose(got[p], want[p], atol=1e-5)
 
 
 def test_index_takes_the_appended_rows_and_answers_as_the_exact_path(tmp_path, weights_dir):
