@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +107,17 @@ def kind_of(index: Any) -> str:
     return "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
 
 
-def rows_digest(x: np.ndarray) -> str:
-    """The sha256 of the rows ``x`` as float32 bytes: what says that the rows an index covers are unchanged."""
-    h = hashlib.sha256()
+def _rows_hash(x: np.ndarray, h: Any = None) -> Any:
+    """``h`` (a new sha256 when None) updated with the rows ``x`` as float32 bytes."""
+    h = hashlib.sha256() if h is None else h
     for block in _blocks(x):
         h.update(np.ascontiguousarray(block, np.float32).data)
-    return h.hexdigest()
+    return h
+
+
+def rows_digest(x: np.ndarray) -> str:
+    """The sha256 of the rows ``x`` as float32 bytes: what says that the rows an index covers are unchanged."""
+    return _rows_hash(x).hexdigest()
 
 
 def write(coll: Collection, kind: str = "auto", projections: np.ndarray | None = None, progress: bool = False) -> dict:
@@ -142,9 +147,10 @@ def _save(index: Any, path: Path) -> dict:
     return {"file": path.name, "kind": kind_of(index), "stamp": file_stamp(path), "bytes": path.stat().st_size}
 
 
-def _record(coll: Collection, record: dict, t0: float) -> dict:
-    """Complete ``record`` with what identifies the features now and write it into their manifest."""
-    record.update(features=file_stamp(coll.features), digest=rows_digest(coll.embeddings),
+def _record(coll: Collection, record: dict, t0: float, digest: str | None = None) -> dict:
+    """Complete ``record`` with what identifies the features now (``digest``: their rows' digest, when known) and
+    write it into their manifest."""
+    record.update(features=file_stamp(coll.features), digest=digest or rows_digest(coll.embeddings),
                   seconds=round(time.time() - t0, 2))  # fmt: skip
     mpath = manifest_path(coll.features)
     manifest = json.loads(mpath.read_text())
@@ -153,50 +159,74 @@ def _record(coll: Collection, record: dict, t0: float) -> dict:
     return record
 
 
-def not_extendable(coll: Collection) -> str | None:
-    """Why the index of ``coll`` cannot take the rows added after the ones it covers, or None when it can: it
-    covers fewer rows than the features have, those rows are unchanged (their digest), and it is the model's."""
+class NotExtendable(CoalaEmbedError):
+    """The index of a collection cannot take the rows added after the ones it covers; ``why`` says why."""
+
+    def __init__(self, coll: Collection, why: str) -> None:
+        super().__init__(f"the index of {coll.features} cannot be extended: {why}")
+        self.why = why
+
+
+def _check_extendable(coll: Collection) -> Any:
+    """The sha256 state of the rows the index of ``coll`` covers, when it can take the rows added after them: it
+    covers fewer rows than the features have, those rows are unchanged (their digest), and it is the model's.
+
+    Raises:
+        NotExtendable: it cannot; the index must be built again.
+    """
     record = coll.index_record
     files = index_files(coll.features)
     if not record.get("digest"):
-        return "the manifest records no digest of the indexed rows"
+        raise NotExtendable(coll, "the manifest records no digest of the indexed rows")
     if record.get("rows") == len(coll):
-        return f"it covers all {len(coll)} rows already"
+        raise NotExtendable(coll, f"it covers all {len(coll)} rows already")
     if not 0 < record.get("rows", 0) < len(coll) or record.get("z_dim") != coll.z.shape[1]:
-        return f"it covers {record.get('rows')} rows, the features have {len(coll)}"
+        raise NotExtendable(coll, f"it covers {record.get('rows')} rows, the features have {len(coll)}")
     if not same_model(record.get("model") or {}, coll.model_info):
-        return "it was built from the rows of another checkpoint"
+        raise NotExtendable(coll, "it was built from the rows of another checkpoint")
     for space, entry in record.get("files", {}).items():
         if entry.get("stamp") != file_stamp(files[space]):
-            return f"{files[space].name} is missing or was rewritten since"
-    if rows_digest(coll.embeddings[: record["rows"]]) != record["digest"]:
-        return f"the first {record['rows']} rows of {coll.features.name} changed since"
+            raise NotExtendable(coll, f"{files[space].name} is missing or was rewritten since")
+    h = _rows_hash(coll.embeddings[: record["rows"]])
+    if h.hexdigest() != record["digest"]:
+        raise NotExtendable(coll, f"the first {record['rows']} rows of {coll.features.name} changed since")
+    return h
+
+
+def not_extendable(coll: Collection) -> str | None:
+    """Why the index of ``coll`` cannot take the rows added after the ones it covers, or None when it can."""
+    try:
+        _check_extendable(coll)
+    except NotExtendable as e:
+        return e.why
     return None
 
 
-def extend(coll: Collection, projections: np.ndarray | None = None, progress: bool = False) -> dict:
-    """Add the rows of ``coll`` after the ones its index covers (and their audio ``projections``, required when a
-    search index exists) to the index files, without training again; return the new record.
+def extend(
+    coll: Collection, project: Callable[[np.ndarray], np.ndarray | None] | None = None, progress: bool = False
+) -> dict:
+    """Add the rows of ``coll`` after the ones its index covers to the index files, without training again; return
+    the new record. When a search index exists, ``project`` maps the new rows' z to their audio projections
+    (:func:`projections`); it is called only then, after the index was found extendable. The rows are hashed once:
+    the digest of the covered rows that checks them goes on over the new ones.
 
     Raises:
-        CoalaEmbedError: the index cannot be extended (:func:`not_extendable`): it must be built again.
+        NotExtendable: the index cannot be extended: it must be built again.
     """
-    why = not_extendable(coll)
-    if why:
-        raise CoalaEmbedError(f"the index of {coll.features} cannot be extended: {why}")
+    h = _check_extendable(coll)
     faiss = faiss_module()
     t0 = time.time()
     record, files = dict(coll.index_record), index_files(coll.features)
     start = record["rows"]
     for space in record["files"]:
-        rows = coll.z[start:] if space == "z" else projections
+        rows = coll.z[start:] if space == "z" else project(coll.z[start:]) if project else None
         if rows is None or len(rows) != len(coll) - start:
             raise CoalaEmbedError(f"extending {files[space].name} needs the {len(coll) - start} new rows' projections")
         index = faiss.read_index(str(files[space]))
         _add(index, rows, progress)
         record["files"][space] = _save(index, files[space])
     record.update(rows=len(coll), added=len(coll) - start)
-    return _record(coll, record, t0)
+    return _record(coll, record, t0, _rows_hash(coll.embeddings[start:], h).hexdigest())
 
 
 def load(coll: Collection, space: str = "z") -> Any | None:

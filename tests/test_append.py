@@ -148,8 +148,13 @@ def test_an_interrupted_append_resumes_without_duplicates(tmp_path, weights_dir,
         np.testing.assert_allclose(got[p], want[p], atol=1e-5)
 
 
-def test_index_takes_the_appended_rows_and_answers_as_the_exact_path(tmp_path, weights_dir):
+def test_index_takes_the_appended_rows_and_answers_as_the_exact_path(tmp_path, weights_dir, monkeypatch):
     pytest.importorskip("faiss")
+    from coala_embed import index
+
+    hashed = []  # rows passed through the digest: extending hashes each row once
+    rows_hash = index._rows_hash
+    monkeypatch.setattr(index, "_rows_hash", lambda x, h=None: (hashed.append(len(x)), rows_hash(x, h))[1])
     folder = tmp_path / "in"
     _sounds(folder, range(4))
     out = tmp_path / "f.npy"
@@ -162,8 +167,11 @@ def test_index_takes_the_appended_rows_and_answers_as_the_exact_path(tmp_path, w
     assert r.exit_code == 2 and "add the new rows to it with `coala-embed index" in r.output, r.output
     r = _run("index", out, "--weights", weights_dir, "-q", "--kind", "ivf")
     assert r.exit_code == 2 and "the index is flat; add -f to build it again as ivf" in r.output, r.output
+    hashed.clear()
     r = _run("index", out, "--weights", weights_dir, "-q")
     assert r.exit_code == 0 and "3 rows added, 7 in all, flat/flat" in r.output, r.output
+    assert sum(hashed) == 7, hashed
+    assert _manifest(out)["index"]["digest"] == index.rows_digest(np.load(out))
     for args in (["neighbours", out, folder / "s5.wav", "-k", "6"], ["search", out, "tag1 tag2", "-k", "7"]):
         got = _run(*args, "--weights", weights_dir).output.split()
         want = _run(*args, "--weights", weights_dir, "--exact").output.split()

@@ -196,31 +196,31 @@ def index_cmd(features, kind, weights, any_model, no_search, force, quiet) -> No
     index.faiss_module()  # before any work: the extra is missing
     coll = collection(features)
     files = index_files_present(coll)
-    start = 0
-    if files and not force:
-        why = index.not_extendable(coll)
-        if why:
-            raise click.UsageError(
-                f"{', '.join(files)} exist and take no new rows ({why}); add -f to rebuild the index"
-            )
-        start = coll.index_record["rows"]
-        have = {f["kind"] for f in coll.index_record["files"].values()}
-        if kind != "auto" and have != {kind}:
-            raise click.UsageError(f"the index is {'/'.join(sorted(have))}; add -f to build it again as {kind}")
-    projections = None
-    # extending: the spaces the index has; building: search's too unless --no-search
-    if ("projection" in coll.index_record["files"]) if start else not no_search:
+    progress = not quiet and sys.stderr.isatty()
+
+    def project(z):  # the audio projections of rows z, for the search index
         model = load(weights, "cpu")
         check_model(coll, model, any_model)
-        if model.tag is not None:
-            projections = index.projections(model, coll.z[start:])
-    progress = not quiet and sys.stderr.isatty()
-    record = index.extend(coll, projections, progress) if start else index.write(coll, kind, projections, progress)
+        return index.projections(model, z) if model.tag is not None else None
+
+    extended = bool(files) and not force
+    if extended:
+        have = {f["kind"] for f in coll.index_record.get("files", {}).values()}
+        if kind != "auto" and have and have != {kind}:
+            raise click.UsageError(f"the index is {'/'.join(sorted(have))}; add -f to build it again as {kind}")
+        try:
+            record = index.extend(coll, project, progress)
+        except index.NotExtendable as e:
+            raise click.UsageError(
+                f"{', '.join(files)} exist and take no new rows ({e.why}); add -f to rebuild the index"
+            ) from None
+    else:
+        record = index.write(coll, kind, None if no_search else project(coll.z), progress)
     mb = sum(f["bytes"] for f in record["files"].values()) / 2**20
     kinds = "/".join(f["kind"] for f in record["files"].values())
-    what = f"{record['added']:,} rows added, {record['rows']:,} in all" if start else f"{record['rows']:,} rows"
+    what = f"{record['added']:,} rows added, {record['rows']:,} in all" if extended else f"{record['rows']:,} rows"
     click.echo(f"{features}: {what}, {kinds}, {record['seconds']:.1f} s, {mb:.1f} MB", err=True)
-    if start and record["rows"] > index.REBUILD_GROWTH * record["trained_rows"]:
+    if extended and record["rows"] > index.REBUILD_GROWTH * record["trained_rows"]:
         click.echo(f"the index was built on {record['trained_rows']:,} rows; `coala-embed index {features} -f` builds "
                    "it for the collection as it is now (its lists, or an inverted file instead of a flat one)",
                    err=True)  # fmt: skip
