@@ -2,7 +2,8 @@
 with contiguous memory versus ours (bf16 autocast where the CPU has it natively, else fp32; channels-last;
 FastDropout), measured in one run; with ``--augment``, the cost of on-the-fly augmentation (training/fit/augment.py)
 against that step; with ``--view``, the cost of the audio-audio invariance loss (a second view of every patch
-through the encoder, ``loss_weights.view``) against that step.
+through the encoder, ``loss_weights.view``) against that step, and of the same loss on z and the block maxima
+(``view.readout=z+max``) against it on z.
 
     python bench/train_speed.py [--variant ae_c|e_c|cnn] [--steps 12] [--batch-size 128] [--device cpu|cuda]
     python bench/train_speed.py --augment '{"mix": 0.5, "gain_db": 6, "eq_db": 6, "pitch": 2, "reverb": 0.3, "noise": 0.3}'
@@ -27,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from coala_embed.device import bf16_native, cpu_name  # noqa: E402
-from training.fit.config import LossWeights, TrainConfig  # noqa: E402
+from training.fit.config import LossWeights, TrainConfig, ViewConfig  # noqa: E402
 from training.fit.loop import build_models, build_optimizers, train_step  # noqa: E402
 
 N_TAGS = 1000
@@ -42,12 +43,13 @@ def measure(
     fast_dropout: bool = True,
     device: torch.device = torch.device("cpu"),
     view: bool = False,
+    view_readout: str = "z",
 ) -> float:
     weights = LossWeights(view=10.0 if view else 0.0)
     if variant == "e_c":
         weights = dataclasses.replace(weights, audio=0.0, tag=0.0)
     cfg = TrainConfig(variant=variant, bf16=bf16, channels_last=channels_last, fast_dropout=fast_dropout,
-                      loss_weights=weights)  # fmt: skip
+                      loss_weights=weights, view=ViewConfig(readout=view_readout))  # fmt: skip
     torch.manual_seed(0)
     models = build_models(cfg, N_TAGS)
     for m in models.values():
@@ -150,6 +152,11 @@ def main() -> None:
         print(
             f"{'the default + invariance loss (2 views)':41s}: {s:7.1f} samples/s  ({s / ours:.2f}x the default, "
             f"{100 * (ours / s - 1):.0f} % more time per sample)  {tag}"
+        )
+        s2 = measure(a.variant, native, True, a.steps, a.batch_size, True, dev, view=True, view_readout="z+max")
+        print(
+            f"{'the same on z+max (view.readout)':41s}: {s2:7.1f} samples/s  ({s2 / s:.2f}x the loss on z, "
+            f"{100 * (s / s2 - 1):.0f} % more time per sample)  {tag}"
         )
     if a.augment and ours:
         import json

@@ -34,10 +34,19 @@ class AudioEncoder(nn.Module):
             nn.Linear(cfg.embedding_dim, cfg.embedding_dim, bias=False), nn.Dropout(cfg.dropout)
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(z, z_d)`` for scaled patches ``x [B, 1, 96, 96]`` (H = mel, W = time)."""
-        z = self.audio_encoder(x)
-        return z, self.fc_audio(z)
+    def forward(self, x: torch.Tensor, maxima: bool = False) -> tuple[torch.Tensor, ...]:
+        """Return ``(z, z_d)`` for scaled patches ``x [B, 1, 96, 96]`` (H = mel, W = time); with ``maxima``,
+        ``(z, z_d, m)`` where ``m [B, 128 * (n_blocks - 1)]`` holds the channel maxima of every block but the
+        last (after its ReLU): the columns that the ``z+max`` readout puts after z (:meth:`CoalaModel.forward`)."""
+        if not maxima:
+            z = self.audio_encoder(x)
+            return z, self.fc_audio(z)
+        found = []
+        for layer in self.audio_encoder:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                found.append(x.amax(dim=(2, 3)))
+        return x, self.fc_audio(x), torch.cat(found[:-1], dim=1)
 
 
 class TagEncoder(nn.Module):

@@ -126,3 +126,16 @@ def test_z_max_readout_is_z_then_the_block_maxima_on_every_path():
     torch.testing.assert_close(ref[:, 1152:], torch.cat(maxima, 1), atol=0, rtol=0)
     assert (fast - ref).abs().max().item() <= 1e-5
     assert model.config.clip_dim == 1664 and _with_readout(model, "z+max", "meanstd").config.clip_dim == 3328
+
+
+def test_the_audio_encoder_gives_the_z_max_columns_that_training_sees():
+    """``AudioEncoder(x, maxima=True)`` (what the invariance loss's ``view.readout=z+max`` trains on) returns z, z_d
+    and the block maxima that the shipped ``z+max`` readout puts after z, bit for bit."""
+    model = _with_readout(random_model(), "z+max").eval()
+    x = torch.randn(8, 96, 96) * 2 - 6
+    with torch.no_grad():
+        ref = model(x)
+        z, z_d, m = model.audio(model.scale(x).unsqueeze(1), maxima=True)
+        z0, z_d0 = model.audio(model.scale(x).unsqueeze(1))
+    assert torch.equal(z, z0) and torch.equal(z_d, z_d0)
+    assert torch.equal(torch.cat([z, m], 1), ref)

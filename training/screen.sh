@@ -18,11 +18,13 @@
 #   pair  view, with half the second views from another sound with the same raw tags (view.partner=0.5)
 #   lite  view without the audio decoder (loss_weights.audio=0): the invariance loss stands in for the
 #         reconstruction, at about two thirds of view's cost per sample; the tag autoencoder stays
+#   litemax  lite with the invariance loss on z+max (view.readout): the block maxima of the shipped clip vector
+#         are trained to be invariant too, not only z
 #   lite10x  lite for 10x the shipped length: the learning rate drops at 1.8M and 2.3M samples instead of 400k/700k
 #         (bash training/screen.sh lite10x 0 400000, then 800000, ...: each continues the run and screens it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,22p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,24p' "$0"; exit 2; }
 RECIPE="$1"; SEED="$2"; SAMPLES="${3:-100000}"
 CONFIG="training/configs/experiments/$RECIPE.json"
 if [ ! -f "$CONFIG" ]; then

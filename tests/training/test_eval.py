@@ -82,6 +82,8 @@ def test_each_experiment_file_is_its_recipe_over_the_base_config():
                          "augment.noise=0.3"]),
         "mask": ("ae_c", ["mask.freq=16", "mask.time=16"]),
         "view": ("ae_c", ["loss_weights.view=10"]),
+        "lite": ("ae_c", ["loss_weights.view=10", "loss_weights.audio=0"]),
+        "litemax": ("ae_c", ["loss_weights.view=10", "loss_weights.audio=0", "view.readout=z+max"]),
     }  # fmt: skip
     for name, (base, sets) in recipes.items():
         assert load_config(folder / f"{name}.json") == load_config(f"training/configs/{base}.json", sets), name

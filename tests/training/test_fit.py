@@ -410,6 +410,28 @@ def test_the_invariance_loss_pairs_two_views_of_each_sound(smoke_data):
     assert float(identical) < float(shuffled)
 
 
+def test_the_invariance_loss_on_z_max_trains_the_block_maxima(smoke_data):
+    """``view.readout=z+max`` (recipe ``litemax``) gives the projection head z and the maxima of blocks 1-4 (1664
+    columns), so the view loss's gradient reaches the first block through its maxima, not only through z."""
+    from training.fit.config import load_config
+    from training.fit.data import PatchData
+    from training.fit.loop import build_models, step_losses
+
+    cfg = load_config("training/configs/experiments/litemax.json")
+    assert cfg.view.readout == "z+max" and cfg.loss_weights.audio == 0
+    data = PatchData(smoke_data / "corpus", cfg)
+    models = build_models(cfg, data.labels.shape[1])
+    assert models["view_head"].head[0].in_features == 1152 + 4 * 128
+    idx = torch.arange(16)
+    x = data.patches(data.train_start[idx])
+    tags = data.labels[data.train_sound[idx]]
+    losses = step_losses(cfg, models, x, tags, x_view=x + 0.1 * torch.randn_like(x))
+    losses["view"].backward()
+    grad = models["view_head"].head[0].weight.grad
+    assert grad[:, 1152:].abs().sum() > 0  # the maxima's columns are trained
+    assert models["audio_encoder"].audio_encoder[0].weight.grad.abs().sum() > 0
+
+
 def test_pitch_shift_moves_a_tone_up_the_mel_axis():
     from training.fit.augment import mel_centres, resample_patches
 

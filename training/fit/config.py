@@ -46,9 +46,12 @@ class ViewConfig:
     another crop of the same sound (``crop``; false: the same crop) through its own augmentation, or with
     probability ``partner`` a crop of another training sound with the same raw tags (the same GM program and
     register from another soundfont or pitch, variants of one game sound), when it has one. The default
-    augmentation is the signal augmentations plus, for half the views, another sound of the batch 6-20 dB under."""
+    augmentation is the signal augmentations plus, for half the views, another sound of the batch 6-20 dB under.
+    ``readout`` is what the loss's projection head sees: ``z``, or ``z+max`` (z and the channel maxima of blocks
+    1-4, the shipped clip vector's columns), so that the maxima are trained to be invariant too."""
 
     tau: float = 0.2
+    readout: str = "z"
     crop: bool = True
     partner: float = 0.0
     augment: Augment = Augment(mix=0.5, mix_db=7.0, mix_below_db=13.0, gain_db=6.0, eq_db=6.0, pitch=2.0, reverb=0.3,
@@ -114,6 +117,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, ("adam", "sgd"))
         _choice("patch_mode", self.patch_mode, ("multi", "max_energy"))
         _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _choice("view.readout", self.view.readout, ("z", "z+max"))
         if self.bf16 not in (True, False, "auto"):
             raise ConfigError(f'bf16 must be true, false or "auto", got {self.bf16!r}')
         if self.model.n_tags:

@@ -66,7 +66,8 @@ def _build_models(cfg: TrainConfig, n_tags: int) -> dict[str, nn.Module]:
     if cfg.loss_weights.tag > 0:
         models["tag_decoder"] = TagDecoder(n_tags, mc.embedding_dim, mc.dropout)
     if cfg.loss_weights.view > 0:
-        models["view_head"] = ViewHead(mc.embedding_dim)
+        maxima = mc.channels * (mc.n_blocks - 1) if cfg.view.readout == "z+max" else 0
+        models["view_head"] = ViewHead(mc.embedding_dim + maxima)
     return models
 
 
@@ -132,11 +133,12 @@ def step_losses(
     view = x_view is not None and "view_head" in models
     if view:
         x_in = torch.cat([x_in, x_view])
-    z_a, zd_a = models["audio_encoder"](x_in)
+    maxima = view and cfg.view.readout == "z+max"
+    z_a, zd_a, *m_a = models["audio_encoder"](x_in, maxima=True) if maxima else models["audio_encoder"](x_in)
     z_t, zd_t = models["tag_encoder"](tags)
     out = {"contrastive": nt_xent(zd_a[:n], zd_t, cfg.tau)}
     if view:
-        h = models["view_head"](z_a)
+        h = models["view_head"](torch.cat([z_a, *m_a], dim=1) if m_a else z_a)
         out["view"] = nt_xent(h[:n], h[n:], cfg.view.tau)
         z_a = z_a[:n]
     if "audio_decoder" in models:

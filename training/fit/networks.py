@@ -98,9 +98,9 @@ class TagDecoder(nn.Module):
 
 
 class ViewHead(nn.Module):
-    """The projection head of the audio-audio invariance loss (SimCLR's): z ``[B, 1152]`` -> ``[B, out]`` through
-    Linear, BatchNorm, ReLU, Linear. Training only: the loss pulls two views of one sound together in this space,
-    so z keeps what the head discards, and the head is not exported."""
+    """The projection head of the audio-audio invariance loss (SimCLR's): z ``[B, 1152]`` (or z+max ``[B, 1664]``,
+    ``view.readout``) -> ``[B, out]`` through Linear, BatchNorm, ReLU, Linear. Training only: the loss pulls two
+    views of one sound together in this space, so z keeps what the head discards, and the head is not exported."""
 
     def __init__(self, dim: int = 1152, hidden: int = 512, out: int = 128) -> None:
         super().__init__()
