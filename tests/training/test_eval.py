@@ -158,3 +158,13 @@ def test_readouts_are_column_groups_and_byol_a_s_time_pooling_of_the_last_map():
     np.testing.assert_array_equal(ways["z mean+max"](p), np.concatenate([p[:, :18].mean(0), p[:, :18].max(0)]))
     # channel 0, mel row 0 over time: patch 0 gives 0, 1, 2 and patch 1 gives 22, 23, 24: mean 12 + max 24
     assert ways["last t-mean+max"](p).shape == (2 * 3,) and ways["last t-mean+max"](p)[0] == 12 + 24
+
+
+def test_the_digits_task_looks_for_fsdd_beside_the_checkout():
+    """``python -m training.eval.tasks`` finds FSDD where the README says (``../shared/data/fsdd`` from the project
+    root), where the tests find it too."""
+    from conftest import SHARED
+
+    from training.eval.tasks import DEFAULT_FSDD
+
+    assert DEFAULT_FSDD == SHARED / "data" / "fsdd" / "recordings"

@@ -60,7 +60,7 @@ DRUM_KITS = {
     },
     "val": {16: "Power", 17: "Power 1", 18: "Power 2", 19: "Power 3", 40: "Brush", 41: "Brush 1", 42: "Brush 2"},
 }
-DEFAULT_FSDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd" / "recordings"
+DEFAULT_FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd" / "recordings"
 
 # 0ad folder prefix (below audio/) -> class
 EVENT_CLASSES = {
