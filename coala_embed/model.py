@@ -11,6 +11,21 @@ from torch.nn import functional as F
 from .config import CoalaConfig, ModelConfig
 
 
+def through_blocks(layers: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` through the encoder's ``layers`` (the training layout or the folded one), with each channel's maximum
+    over the feature map after every block's ReLU but the last's: ``(z [B, 1152], maxima [B, 128 * (n_blocks -
+    1)])``, the columns that the ``z+max`` readout puts after z. The maxima are the same whichever kernel takes
+    them: amax on fp32 maps without gradient, the pooling kernel otherwise (bf16 maps, and training, where its
+    backward is 5x amax's speed)."""
+    maxima = []
+    for layer in layers:
+        x = layer(x)
+        if isinstance(layer, nn.ReLU):
+            fp32 = x.dtype == torch.float32 and not x.requires_grad
+            maxima.append(x.amax(dim=(2, 3)) if fp32 else F.adaptive_max_pool2d(x, 1).flatten(1))
+    return torch.flatten(x, 1), torch.cat(maxima[:-1], dim=1)
+
+
 class AudioEncoder(nn.Module):
     """Five Conv(k4, s2, p1) + BN + ReLU + Dropout blocks, ``[B, 1, 96, 96] -> z [B, 1152]``, and the
     bias-free projection ``fc_audio`` to ``z_d [B, 1152]``. Module indices match the original state_dict
@@ -41,12 +56,8 @@ class AudioEncoder(nn.Module):
         if not maxima:
             z = self.audio_encoder(x)
             return z, self.fc_audio(z)
-        found = []
-        for layer in self.audio_encoder:
-            x = layer(x)
-            if isinstance(layer, nn.ReLU):  # the pooling kernel: forward + backward 5x faster than amax here
-                found.append(F.adaptive_max_pool2d(x, 1).flatten(1))
-        return x, self.fc_audio(x), torch.cat(found[:-1], dim=1)
+        z, m = through_blocks(self.audio_encoder, x)
+        return z, self.fc_audio(z), m
 
 
 class TagEncoder(nn.Module):
@@ -155,14 +166,8 @@ class CoalaModel(nn.Module):
         layers = self.audio.audio_encoder if self.training or self._fast is None else self._fast
         if (readout or self.config.clip.readout) == "z":
             return torch.flatten(layers(x), 1)
-        maxima = []
-        for layer in layers:
-            x = layer(x)
-            if isinstance(layer, nn.ReLU):  # the same maxima; bf16 maps are faster through the pooling kernel
-                maxima.append(
-                    x.amax(dim=(2, 3)) if x.dtype == torch.float32 else F.adaptive_max_pool2d(x, 1).flatten(1)
-                )
-        return torch.cat([torch.flatten(x, 1), *maxima[:-1]], dim=1)
+        z, maxima = through_blocks(layers, x)
+        return torch.cat([z, maxima], dim=1)
 
     def project_audio(self, z: torch.Tensor) -> torch.Tensor:
         """Audio projection head: z ``[B, 1152]`` -> z_d ``[B, 1152]`` in the co-aligned space."""
