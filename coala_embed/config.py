@@ -80,6 +80,11 @@ class ModelConfig:
     dropout: float = 0.25
     n_tags: int = 0  # size of the tag vocabulary shipped with the checkpoint (0: none)
 
+    def readout_dim(self, readout: str) -> int:
+        """Width of a patch's readout (``ClipConfig.readout``): z, and with ``"z+max"`` the channel maxima of every
+        block but the last."""
+        return self.embedding_dim + (self.n_blocks - 1) * self.channels * (readout == "z+max")
+
 
 @dataclass(frozen=True)
 class ClipConfig:
@@ -174,8 +179,7 @@ class CoalaConfig:
     @property
     def readout_dim(self) -> int:
         """Width of the per-patch vector the clip statistic runs over (``CoalaModel.forward``'s output)."""
-        m = self.model
-        return m.embedding_dim + (m.n_blocks - 1) * m.channels * (self.clip.readout == "z+max")
+        return self.model.readout_dim(self.clip.readout)
 
     @property
     def clip_dim(self) -> int:

@@ -66,8 +66,7 @@ def _build_models(cfg: TrainConfig, n_tags: int) -> dict[str, nn.Module]:
     if cfg.loss_weights.tag > 0:
         models["tag_decoder"] = TagDecoder(n_tags, mc.embedding_dim, mc.dropout)
     if cfg.loss_weights.view > 0:
-        maxima = mc.channels * (mc.n_blocks - 1) if cfg.view.readout == "z+max" else 0
-        models["view_head"] = ViewHead(mc.embedding_dim + maxima)
+        models["view_head"] = ViewHead(mc.readout_dim(cfg.view.readout))
     return models
 
 
