@@ -123,7 +123,7 @@ def sys_aisfx() -> tuple[str, Callable]:
     from aisfx.spectrogram.spectrogram_librosa import compute_spectrogram
 
     # weights_only: a state dict and a dict of numpy-int class counts; only numpy scalars/dtypes are allowed
-    allowed = [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np.dtype]
+    allowed: list = [(np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np.dtype]  # type: ignore[attr-defined]
     allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
     with torch.serialization.safe_globals(allowed):
         weights, ds_dict = torch.load(ai.get_path_modelWeights(), map_location="cpu", weights_only=True)

@@ -68,7 +68,7 @@ def conv_ceiling(device: torch.device, dtype: torch.dtype) -> float:
     (channels-last, no BN, no ReLU): the time for one patch is the sum of the layers' best times."""
     per_patch_s = 0.0
     for cin, cout, size in LAYERS:
-        conv = torch.nn.Conv2d(cin, cout, 4, 2, 1).to(device).to(memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(cin, cout, 4, 2, 1).to(device).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         best = float("inf")
         for batch in (32, 64, 128, 512) if device.type == "cpu" else (512, 2048, 8192):
             x = torch.randn(batch, cin, size, size, device=device).contiguous(memory_format=torch.channels_last)
@@ -342,9 +342,9 @@ def main() -> None:
         builtins.print(*args, f" [{where}]")
 
     if a.large:
-        res = large(a, weights, say)
-        res["cpu"], res["bf16_native"] = cpu_name(), native
-        builtins.print(json.dumps(res))
+        report = large(a, weights, say)
+        report["cpu"], report["bf16_native"] = cpu_name(), native
+        builtins.print(json.dumps(report))
         return
 
     res: dict = {}

@@ -55,7 +55,7 @@ def measure(
     for m in models.values():
         m.train().to(device)
         if channels_last:
-            m.to(memory_format=torch.channels_last)
+            m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
     opts = build_optimizers(cfg, models)
     x = torch.rand(bs, 1, 96, 96, device=device)
     tags = (torch.rand(bs, N_TAGS, device=device) < 0.005).float()
@@ -63,7 +63,7 @@ def measure(
     x_view = torch.rand_like(x) if view else None
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-        x_view = x_view.contiguous(memory_format=torch.channels_last) if view else None
+        x_view = x_view.contiguous(memory_format=torch.channels_last) if x_view is not None else None
     ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
@@ -86,7 +86,7 @@ def parts(bf16: bool, steps: int, bs: int, device: torch.device, tag: str) -> No
     no_decoders = measure("e_c", bf16, True, steps, bs, True, device)
     torch.manual_seed(0)
     cfg = TrainConfig(bf16=bf16)
-    enc = build_models(cfg, N_TAGS)["audio_encoder"].train().to(device, memory_format=torch.channels_last)
+    enc = build_models(cfg, N_TAGS)["audio_encoder"].train().to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt = torch.optim.Adam(enc.parameters(), 1e-3)
     x = torch.rand(bs, 1, 96, 96, device=device).contiguous(memory_format=torch.channels_last)
     times = []

@@ -1,4 +1,5 @@
-"""The package type-checks: mypy over coala_embed (py.typed is shipped, so users' checkers read our hints)."""
+"""The code type-checks: mypy over coala_embed, training and bench (py.typed is shipped, so users' checkers read
+the package's hints)."""
 
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def scan(extracted: Path, packages: list[str]) -> list[dict]:
     for meta in METADATA_PACKAGES:
         if (extracted / meta).exists():
             transcripts.update(_asterisk_transcripts(extracted / meta))
-    rows = []
+    rows: list[dict] = []
     for pkg in packages:
         root = extracted / pkg
         if not root.exists():
@@ -191,14 +191,14 @@ def _shard_path(out: Path, rows: list[dict], i: int, shard: int) -> Path:
 
 def load_features(out: Path, rows: list[dict], shard: int = 400) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """Concatenate the shards: per-row meta, ``logmel [n_mels, F] float16``, row offsets ``[n + 1]``."""
-    metas, specs, lengths = [], [], []
+    metas: list[dict] = []
+    specs, lengths = [], []
     for i in range(0, len(rows), shard):
         z = np.load(_shard_path(out, rows, i, shard))
         metas += json.loads(str(z["meta"]))
         specs.append(z["logmel"])
         lengths.append(z["lengths"])
-    lengths = np.concatenate(lengths)
-    return metas, np.concatenate(specs, axis=1), np.concatenate([[0], np.cumsum(lengths)])
+    return metas, np.concatenate(specs, axis=1), np.concatenate([[0], np.cumsum(np.concatenate(lengths))])
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -371,7 +371,7 @@ def build(
 
 
 def corpus_stats(rows, labels, vocab, versions, seconds) -> dict:
-    per = {}
+    per: dict[str, dict] = {}
     for r in rows:
         s = per.setdefault(r["source"], {"files": 0, "hours": 0.0})
         s["files"] += 1
@@ -411,12 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     a, data = start(p, argv)
     words = None
+    versions: dict[str, str] = {}  # Debian package versions; none for a generated or listed collection
     if a.smoke:
         from .smoke import make_collection
 
-        rows, versions, min_count = read_manifest(make_collection(data / "smoke-audio")), {}, 2
+        rows, min_count = read_manifest(make_collection(data / "smoke-audio")), 2
     elif a.manifest:
-        rows, versions, min_count = read_manifest(a.manifest), {}, a.min_count
+        rows, min_count = read_manifest(a.manifest), a.min_count
     else:
         rows, versions = collect_debian(data, speech=a.speech, fm_notes=a.fm_notes, wide=a.wide)
         min_count = a.min_count

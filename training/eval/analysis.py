@@ -63,7 +63,7 @@ def tag_quality(model, corpus: Path) -> dict:
     if model.config.tag_sets:
         methods["neighbours"] = tag_scores(model, z, method="neighbours").numpy()
     methods["popularity"] = np.broadcast_to(popularity, labels.shape)
-    out = {}
+    out: dict[str, dict[str, float] | int] = {}
     for name, s in methods.items():
         top5 = np.argsort(-s, axis=1)[:, :5]
         p5 = float(np.mean([labels[i, top5[i]].mean() for i in range(len(labels))]))

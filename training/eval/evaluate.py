@@ -213,7 +213,8 @@ def classify(xtr, ytr, xte, yte, seeds: int) -> dict:
             "logreg": float(correct.mean()), "logreg_ci": bootstrap_ci(correct)}  # fmt: skip
 
 
-def split_xy(feats: np.ndarray, rows: list[dict], split: str):
+def split_xy(feats: np.ndarray, rows: list[dict], split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``x_train, y_train, x_test, y_test`` for ``split`` (``val``: trained on train; ``test``: on train + val)."""
     train_splits = ("train",) if split == "val" else ("train", "val")
     tr = [i for i, r in enumerate(rows) if r["split"] in train_splits]
     te = [i for i, r in enumerate(rows) if r["split"] == split]
@@ -375,10 +376,10 @@ def markdown(results: dict) -> str:
         lines += ["", "Across training seeds: mean ± std over the runs of each run's accuracy.", "",
                   "| runs | clip recipe | " + " | ".join(tasks) + " | mean |", "|---|---|" + "---|" * (len(tasks) + 1)]  # fmt: skip
         for label, recipe in dict.fromkeys((g["group"], g["recipe"]) for g in groups):
-            cells = [gcell[label, recipe, t] for t in tasks]
-            mean = np.mean([c["accuracies"] for c in cells], axis=0)  # each run's mean over the tasks
-            runs = ", ".join(cells[0]["runs"])
-            lines.append(f"| {label} ({runs}) | {recipe} | " + " | ".join(f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for c in cells)
+            per_task = [gcell[label, recipe, t] for t in tasks]
+            mean = np.mean([c["accuracies"] for c in per_task], axis=0)  # each run's mean over the tasks
+            runs = ", ".join(per_task[0]["runs"])
+            lines.append(f"| {label} ({runs}) | {recipe} | " + " | ".join(f"{100 * c['mean']:.1f} ± {100 * c['std']:.1f}" for c in per_task)
                          + f" | {100 * mean.mean():.2f} ± {100 * mean.std():.2f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 

@@ -74,6 +74,7 @@ def build_model(run: Path, corpus: Path | None = None, checkpoint: str = "best.p
         missing = model.audio.load_state_dict(enc, strict=False)
         assert missing.missing_keys == ["fc_audio.0.weight"], missing  # the CNN has no projection head
     else:
+        assert model.tag is not None  # built with the vocabulary's tags
         model.audio.load_state_dict(models["audio_encoder"])
         model.tag.load_state_dict(models["tag_encoder"])
     model.scaler_min.copy_(torch.from_numpy(index["scaler_min"]))

@@ -168,7 +168,7 @@ def _build(cls: type, d: Any, where: str) -> Any:
 
 
 def _value(hint: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
     if hint == bool | str:
         return value

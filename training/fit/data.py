@@ -34,15 +34,7 @@ class PatchData:
         if cfg.patch_mode == "max_energy":
             starts, first, last, sound = best[train_ids], best[train_ids], best[train_ids], train_ids
         else:
-            starts, first, last, sound = [], [], [], []
-            for i in train_ids:
-                w = window_starts(int(frames[i]), int(signal[i]))
-                hi = max(0, min(int(frames[i]), max(int(signal[i]), PATCH)) - PATCH)
-                starts.append(offset[i] + w)
-                first.append(np.full(len(w), offset[i]))
-                last.append(np.full(len(w), offset[i] + hi))
-                sound.append(np.full(len(w), i))
-            starts, first, last, sound = map(np.concatenate, (starts, first, last, sound))
+            starts, first, last, sound = _windows(train_ids, offset, frames, signal)
         self.train_start = torch.from_numpy(np.asarray(starts, dtype=np.int64))
         # each window's sound's first and last patch start: the range another crop of that sound is drawn from
         self.train_first = torch.from_numpy(np.asarray(first, dtype=np.int64))
@@ -147,6 +139,20 @@ class PatchData:
     def patches(self, starts: torch.Tensor) -> torch.Tensor:
         """Scaled patches ``[B, 1, 96, 96]`` (mel x time) starting at absolute frames ``starts``."""
         return self.scale(self.logmel[:, starts[:, None] + self._ar].permute(1, 0, 2).float())
+
+
+def _windows(ids: np.ndarray, offset: np.ndarray, frames: np.ndarray, signal: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Every training window of the sounds ``ids``: its start frame, its sound's first and last patch start (the
+    range another crop of that sound is drawn from) and its sound's index."""
+    starts, first, last, sound = [], [], [], []
+    for i in ids:
+        w = window_starts(int(frames[i]), int(signal[i]))
+        hi = max(0, min(int(frames[i]), max(int(signal[i]), PATCH)) - PATCH)
+        starts.append(offset[i] + w)
+        first.append(np.full(len(w), offset[i]))
+        last.append(np.full(len(w), offset[i] + hi))
+        sound.append(np.full(len(w), i))
+    return tuple(np.concatenate(c) for c in (starts, first, last, sound))
 
 
 def aug_seed(seed: int, epoch: int, step: int, stream: int = 1) -> int:

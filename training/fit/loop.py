@@ -77,7 +77,7 @@ def build_optimizers(cfg: TrainConfig, models: dict[str, nn.Module]) -> list[tor
         if "cnn" in models
         else [["audio_encoder", "audio_decoder", "view_head"], ["tag_encoder", "tag_decoder"]]
     )
-    opts = []
+    opts: list[torch.optim.Optimizer] = []
     for g in groups:
         params = [p for name in g if name in models for p in models[name].parameters()]
         if cfg.optimizer == "sgd":
@@ -129,9 +129,9 @@ def step_losses(
         _, y = models["cnn"](x_in)
         return {"tag": tag_bce(y, tags)}
     n = len(x_in)
-    view = x_view is not None and "view_head" in models
-    if view:
-        x_in = torch.cat([x_in, x_view])
+    view = False
+    if x_view is not None and "view_head" in models:
+        x_in, view = torch.cat([x_in, x_view]), True
     maxima = view and cfg.view.readout == "z+max"
     z_a, zd_a, *m_a = models["audio_encoder"](x_in, maxima=True) if maxima else models["audio_encoder"](x_in)
     z_t, zd_t = models["tag_encoder"](tags)
@@ -282,7 +282,7 @@ def setup(cfg: TrainConfig, data_root: Path, out: Path) -> Run:
     for m in models.values():
         m.to(device)
         if cfg.channels_last:
-            m.to(memory_format=torch.channels_last)
+            m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
     opts = build_optimizers(cfg, models)
     state = resume(out / "ckpt.pt", cfg, models, opts, device, data.fingerprint())
     if rank == 0:  # the settings (after the checkpoint was found to fit), with the precision that actually runs
@@ -467,7 +467,9 @@ def write_losses(history: list[dict], path: Path) -> None:
 def finish(run: Run) -> None:
     """Check that every DDP rank holds the same weights (``ddp_check.json``), then mark the run ``DONE``."""
     if run.world > 1:  # gather a checksum of each model and compare
-        local = torch.stack([sum(p.double().sum() for p in m.parameters()) for m in run.models.values()])
+        local = torch.stack(
+            [torch.stack([p.double().sum() for p in m.parameters()]).sum() for m in run.models.values()]
+        )
         local = local.to(run.device)
         gathered = [torch.zeros_like(local) for _ in range(run.world)]
         dist.all_gather(gathered, local)
