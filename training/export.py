@@ -35,6 +35,26 @@ def seed_runs(run: Path) -> dict[str, float]:
     return {name: r["mean_val_accuracy"] for name, r in json.loads(f.read_text())["runs"].items()}
 
 
+def objective(run_cfg: dict) -> str:
+    """The training objective in words, from a run's settings: each loss term that was on, with its weight."""
+    if run_cfg["variant"] == "cnn":
+        return "the tags' binary cross-entropy (the paper's CNN tagger)"
+    w, terms = run_cfg["loss_weights"], []
+    if w.get("audio"):
+        terms.append(f"audio reconstruction x{w['audio']:g}")
+    if w.get("tag"):
+        terms.append(f"tag reconstruction x{w['tag']:g}")
+    terms.append(f"audio-tag contrastive x{w['contrastive']:g} (tau {run_cfg['tau']:g})")
+    if w.get("view"):
+        v = run_cfg["view"]
+        terms.append(
+            f"audio-audio invariance x{w['view']:g} (NT-Xent, tau {v['tau']:g}, on {v['readout']}: two crops of one "
+            "sound, the second through gain, EQ, pitch, room, noise and a background sound)"
+        )
+    decoder = "" if w.get("audio") or run_cfg["variant"] != "ae_c" else " without the audio decoder"
+    return f"{run_cfg['variant'].upper().replace('_', '-')}{decoder}: " + ", ".join(terms)
+
+
 def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", recipe: str | None = None) -> Path:
     """Write ``out/config.json`` + ``out/model.safetensors`` for the run's checkpoint; ``recipe`` (a name in
     ``training.eval.evaluate.RECIPES``) sets the default clip recipe chosen on the validation splits."""
@@ -45,8 +65,12 @@ def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", reci
 
         model.config = with_recipe(model.config, recipe)
     stats = json.loads((corpus / "stats.json").read_text()) if (corpus / "stats.json").exists() else {}
+    settings = run / "config.json"  # written by each training session, with the precision it ran in
+    precision = json.loads(settings.read_text()).get("precision") if settings.exists() else None
     info = {
         "variant": meta["run"]["variant"],
+        "objective": objective(meta["run"]),
+        "precision": precision,
         "samples_seen": meta["row"].get("samples"),
         "epoch": meta["row"].get("epoch"),
         "training_seconds": meta["row"].get("seconds"),
@@ -54,6 +78,7 @@ def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", reci
         "optimizer": meta["run"]["optimizer"],
         "lr": meta["run"]["lr"],
         "lr_milestones": meta["run"].get("lr_milestones", []),
+        "batch_size": meta["run"].get("batch_size"),
         "checkpoint": checkpoint,
         "patch_mode": meta["run"]["patch_mode"],
         "seed": meta["run"].get("seed"),
@@ -103,12 +128,15 @@ def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
             f", of seed {info.get('seed')}: the best of {len(info['seed_runs'])} runs of this recipe that differ only "
             f"in the seed (mean validation accuracy of each run's chosen checkpoint: {runs})"
         )
+    precision = {"bf16": "bf16 autocast", "fp32": "fp32"}.get(info.get("precision") or "", "")
     fields = {
+        "objective": info.get("objective") or info.get("variant"),
+        "precision": f"{precision} + channels-last" if precision else "channels-last",
         "embedding_dim": cfg["model"]["embedding_dim"], "n_tags": cfg["model"]["n_tags"], "clip_dim": clip_dim,
         "clip_text": clip_text, "tag_sets": len(cfg.get("tag_sets", [])), "decay": decay, "chosen": chosen,
         "epochs": (info.get("epoch") or 0) + 1, "training_hours": (info.get("training_seconds") or 0) / 3600,
         "validation_losses": json.dumps({k: round(v, 4) for k, v in info.get("validation_losses", {}).items()}),
-        **{k: info.get(k) for k in ("variant", "optimizer", "lr", "patch_mode", "samples_seen", "machine", "commit")},
+        **{k: info.get(k) for k in ("optimizer", "lr", "batch_size", "patch_mode", "samples_seen", "machine", "commit")},
         **{k: fe[k] for k in ("sample_rate", "n_fft", "hop_length", "n_mels", "pooling", "chunk_hop")},
         **{k: stats.get(k) for k in ("sounds", "hours", "vocabulary", "tags_per_sound")},
         "windows": stats.get("multi_patch_windows"), "sources": sources, "analysis": analysis,

@@ -91,6 +91,21 @@ def test_each_experiment_file_is_its_recipe_over_the_base_config():
     assert {p.stem for p in folder.glob("*.json")} >= set(recipes)
 
 
+def test_the_model_card_states_the_objective_the_run_was_trained_with():
+    from training.export import objective
+    from training.fit.config import load_config
+
+    configs = Path(__file__).resolve().parents[2] / "training" / "configs"
+    assert objective(load_config(configs / "ae_c.json").to_dict()) == (
+        "AE-C: audio reconstruction x5, tag reconstruction x5, audio-tag contrastive x10 (tau 0.1)"
+    )
+    assert objective(load_config(configs / "experiments" / "litemax.json").to_dict()).startswith(
+        "AE-C without the audio decoder: tag reconstruction x5, audio-tag contrastive x10 (tau 0.1), audio-audio "
+        "invariance x10 (NT-Xent, tau 0.2, on z+max: two crops of one sound"
+    )
+    assert objective(load_config(configs / "e_c.json").to_dict()) == "E-C: audio-tag contrastive x10 (tau 0.1)"
+
+
 def test_every_table_states_the_margin_over_random_weights_per_recipe():
     from training.eval.evaluate import markdown
 
