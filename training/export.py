@@ -68,6 +68,7 @@ def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", reci
     settings = run / "config.json"  # written by each training session, with the precision it ran in
     precision = json.loads(settings.read_text()).get("precision") if settings.exists() else None
     info = {
+        "run": run.name,
         "variant": meta["run"]["variant"],
         "objective": objective(meta["run"]),
         "precision": precision,
@@ -130,7 +131,7 @@ def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
         )
     precision = {"bf16": "bf16 autocast", "fp32": "fp32"}.get(info.get("precision") or "", "")
     fields = {
-        "objective": info.get("objective") or info.get("variant"),
+        "objective": info.get("objective") or info.get("variant"), "run": info.get("run", "ae_c"),
         "precision": f"{precision} + channels-last" if precision else "channels-last",
         "embedding_dim": cfg["model"]["embedding_dim"], "n_tags": cfg["model"]["n_tags"], "clip_dim": clip_dim,
         "clip_text": clip_text, "tag_sets": len(cfg.get("tag_sets", [])), "decay": decay, "chosen": chosen,

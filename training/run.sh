@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce weights/ end to end: corpus -> AE-C (three seeds), E-C, CNN -> evaluation tasks -> checkpoint and
-# seed selection on the validation splits -> evaluation -> export.
+# Reproduce weights/ end to end: corpus -> the shipped recipe (three seeds), E-C, CNN -> evaluation tasks ->
+# checkpoint and seed selection on the validation splits -> evaluation -> export.
 # Every stage resumes where it stopped and is skipped when done.
 #
 #   bash training/run.sh              # the full run (data in $COALA_EMBED_DATA or ~/.cache/coala-embed)
@@ -8,7 +8,7 @@
 #   bash training/run.sh --skip corpus,ec,cnn --until evaluate
 #   bash training/run.sh --set bf16=false --set fast_dropout=false   # training settings (faster on a GPU)
 #
-# Stages: corpus ae_c ec cnn tasks select evaluate export
+# Stages: corpus ae_c ec cnn tasks select evaluate export (ae_c: the shipped recipe's three seeds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,19 +29,20 @@ while [ $# -gt 0 ]; do
 done
 
 DATA="${COALA_EMBED_DATA:-$HOME/.cache/coala-embed}"
+SHIP=ae_c  # the shipped recipe, training/configs/$SHIP.json: runs DATA/runs/${SHIP}_sN, the chosen one DATA/runs/$SHIP
 PY="${PYTHON:-python}"
 if [ "$SMOKE" = 1 ]; then
   DATA="$DATA/smoke"
   TRAIN_SET=(max_samples=512 min_samples=512 batch_size=32 checkpoint_steps=8)
   EVAL_ARGS=(--seeds 2 --recipe signal)
   SELECT_ARGS=(--seeds 1 --every 1)
-  AE_C_SEEDS=(0 1)
+  SEEDS=(0 1)
   OUT="$DATA/weights"
 else
   TRAIN_SET=()
   EVAL_ARGS=(--seeds 3 --loso --recipe signal --recipe signal_zmax)
   SELECT_ARGS=(--seeds 2)
-  AE_C_SEEDS=(0 1 2)  # the shipped recipe with three seeds; the selection stage ships the best on validation
+  SEEDS=(0 1 2)  # the shipped recipe with three seeds; the selection stage ships the best on validation
   OUT="weights"
 fi
 TRAIN_SET+=(${EXTRA_SET[@]+"${EXTRA_SET[@]}"})  # --set KEY=VALUE: applied to every training run
@@ -72,10 +73,10 @@ train() {  # train CONFIG RUN [KEY=VALUE ...]: DATA/runs/RUN, resumed if it stop
       2>&1 | tee -a "$DATA/logs/$run.log"
   fi
 }
-AE_C_RUNS=()
-for seed in "${AE_C_SEEDS[@]}"; do AE_C_RUNS+=("ae_c_s$seed"); done
+RUNS=()
+for seed in "${SEEDS[@]}"; do RUNS+=("${SHIP}_s$seed"); done
 if stage ae_c; then
-  for seed in "${AE_C_SEEDS[@]}"; do train ae_c "ae_c_s$seed" seed="$seed"; done
+  for seed in "${SEEDS[@]}"; do train "$SHIP" "${SHIP}_s$seed" seed="$seed"; done
 fi
 stop_after ae_c
 if stage ec; then train e_c e_c; fi
@@ -92,22 +93,22 @@ if stage tasks; then
 fi
 stop_after tasks
 
-if stage select; then  # each seed's checkpoint, then the seed: DATA/runs/ae_c links to the chosen run
-  $PY -m training.eval.select $(printf -- '--run %s ' "${AE_C_RUNS[@]}") --as ae_c "${SELECT_ARGS[@]}"
+if stage select; then  # each seed's checkpoint, then the seed: DATA/runs/$SHIP links to the chosen run
+  $PY -m training.eval.select $(printf -- '--run %s ' "${RUNS[@]}") --as "$SHIP" "${SELECT_ARGS[@]}"
 fi
 stop_after select
 
 if stage evaluate; then
-  SEED_ARGS=($(printf -- '--model %s ' "${AE_C_RUNS[@]}") --group "ae_c=$(IFS=,; echo "${AE_C_RUNS[*]}")")
+  SEED_ARGS=($(printf -- '--model %s ' "${RUNS[@]}") --group "$SHIP=$(IFS=,; echo "${RUNS[*]}")")
   for split in val test; do
-    $PY -m training.eval --model ae_c --model e_c --model cnn --model random "${SEED_ARGS[@]}" --split "$split" \
+    $PY -m training.eval --model "$SHIP" --model e_c --model cnn --model random "${SEED_ARGS[@]}" --split "$split" \
       "${EVAL_ARGS[@]}"
   done
-  $PY -m training.eval.analysis --model ae_c --model e_c --model cnn --model random
+  $PY -m training.eval.analysis --model "$SHIP" --model e_c --model cnn --model random
 fi
 stop_after evaluate
 
 if stage export; then
-  $PY -m training.export --run "$DATA/runs/ae_c" --out "$OUT" --card "$DATA/eval" --recipe signal_zmax
+  $PY -m training.export --run "$DATA/runs/$SHIP" --out "$OUT" --card "$DATA/eval" --recipe signal_zmax
 fi
 echo "== done: $OUT"
