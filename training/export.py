@@ -72,6 +72,7 @@ def export(run: Path, corpus: Path, out: Path, checkpoint: str = "best.pt", reci
         "variant": meta["run"]["variant"],
         "objective": objective(meta["run"]),
         "precision": precision,
+        "channels_last": meta["run"].get("channels_last"),
         "samples_seen": meta["row"].get("samples"),
         "epoch": meta["row"].get("epoch"),
         "training_seconds": meta["row"].get("seconds"),
@@ -129,10 +130,11 @@ def write_card(folder: Path, corpus: Path, eval_dir: Path) -> Path:
             f", of seed {info.get('seed')}: the best of {len(info['seed_runs'])} runs of this recipe that differ only "
             f"in the seed (mean validation accuracy of each run's chosen checkpoint: {runs})"
         )
-    precision = {"bf16": "bf16 autocast", "fp32": "fp32"}.get(info.get("precision") or "", "")
+    layout = ["bf16 autocast" if info.get("precision") == "bf16" else info.get("precision") or ""]
+    layout.append("channels-last" if info.get("channels_last") else "")
     fields = {
         "objective": info.get("objective") or info.get("variant"), "run": info.get("run", "ae_c"),
-        "precision": f"{precision} + channels-last" if precision else "channels-last",
+        "precision": " + ".join(x for x in layout if x) or "precision not recorded",
         "embedding_dim": cfg["model"]["embedding_dim"], "n_tags": cfg["model"]["n_tags"], "clip_dim": clip_dim,
         "clip_text": clip_text, "tag_sets": len(cfg.get("tag_sets", [])), "decay": decay, "chosen": chosen,
         "epochs": (info.get("epoch") or 0) + 1, "training_hours": (info.get("training_seconds") or 0) / 3600,
