@@ -32,15 +32,15 @@ class PatchData:
         self.vocabulary = json.loads((corpus / "vocabulary.json").read_text())
         train_ids = np.flatnonzero(~val)
         if cfg.patch_mode == "max_energy":
-            starts, first, last, sound = best[train_ids], best[train_ids], best[train_ids], train_ids
+            starts, sound = best[train_ids], train_ids
         else:
-            starts, first, last, sound = _windows(train_ids, offset, frames, signal)
+            starts, sound = _windows(train_ids, offset, frames, signal)
         self.train_start = torch.from_numpy(np.asarray(starts, dtype=np.int64))
-        # each window's sound's first and last patch start: the range another crop of that sound is drawn from
-        self.train_first = torch.from_numpy(np.asarray(first, dtype=np.int64))
-        self._partners(corpus, train_ids, offset, frames, signal, best if cfg.patch_mode == "max_energy" else None)
-        self.train_last = torch.from_numpy(np.asarray(last, dtype=np.int64))
         self.train_sound = torch.from_numpy(np.asarray(sound, dtype=np.int64))
+        self._partners(corpus, train_ids, offset, frames, signal, best if cfg.patch_mode == "max_energy" else None)
+        # each window's sound's first and last patch start: the range another crop of that sound is drawn from
+        self.train_first = self.sound_first[self.train_sound]
+        self.train_last = self.sound_last[self.train_sound]
         val_ids = np.flatnonzero(val)
         self.val_start = torch.from_numpy(best[val_ids].astype(np.int64))
         self.val_sound = torch.from_numpy(val_ids.astype(np.int64))
@@ -141,18 +141,16 @@ class PatchData:
         return self.scale(self.logmel[:, starts[:, None] + self._ar].permute(1, 0, 2).float())
 
 
-def _windows(ids: np.ndarray, offset: np.ndarray, frames: np.ndarray, signal: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Every training window of the sounds ``ids``: its start frame, its sound's first and last patch start (the
-    range another crop of that sound is drawn from) and its sound's index."""
-    starts, first, last, sound = [], [], [], []
+def _windows(
+    ids: np.ndarray, offset: np.ndarray, frames: np.ndarray, signal: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every training window of the sounds ``ids``: its start frame and its sound's index."""
+    starts, sound = [], []
     for i in ids:
         w = window_starts(int(frames[i]), int(signal[i]))
-        hi = max(0, min(int(frames[i]), max(int(signal[i]), PATCH)) - PATCH)
         starts.append(offset[i] + w)
-        first.append(np.full(len(w), offset[i]))
-        last.append(np.full(len(w), offset[i] + hi))
         sound.append(np.full(len(w), i))
-    return tuple(np.concatenate(c) for c in (starts, first, last, sound))
+    return np.concatenate(starts), np.concatenate(sound)
 
 
 def aug_seed(seed: int, epoch: int, step: int, stream: int = 1) -> int:
