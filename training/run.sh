@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
 done
 
 DATA="${COALA_EMBED_DATA:-$HOME/.cache/coala-embed}"
-SHIP=ae_c  # the shipped recipe, training/configs/$SHIP.json: runs DATA/runs/${SHIP}_sN, the chosen one DATA/runs/$SHIP
+SHIP=litemax  # the shipped recipe, training/configs/$SHIP.json: runs DATA/runs/${SHIP}_sN, the chosen one DATA/runs/$SHIP
 PY="${PYTHON:-python}"
 if [ "$SMOKE" = 1 ]; then
   DATA="$DATA/smoke"

@@ -91,6 +91,20 @@ def test_each_experiment_file_is_its_recipe_over_the_base_config():
     assert {p.stem for p in folder.glob("*.json")} >= set(recipes)
 
 
+def test_the_shipped_recipe_is_the_experiment_that_won_it():
+    """run.sh trains training/configs/$SHIP.json; the shipped config is the screened recipe of the same name."""
+
+    import re
+
+    from training.fit.config import load_config
+
+    ship = re.search(r"^SHIP=(\w+)", Path("training/run.sh").read_text(), re.M).group(1)
+    shipped = load_config(f"training/configs/{ship}.json")
+    assert shipped.name == ship
+    assert shipped == load_config(f"training/configs/experiments/{ship}.json", [f"name={ship}"])
+    assert (shipped.loss_weights.audio, shipped.loss_weights.view, shipped.view.readout) == (0.0, 10.0, "z+max")
+
+
 def test_the_model_card_states_the_objective_the_run_was_trained_with():
     from training.export import objective
     from training.fit.config import load_config

@@ -275,6 +275,8 @@ def test_run_sh_smoke(tmp_path):
         timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ship = re.search(r"^SHIP=(\w+)", (ROOT / "training" / "run.sh").read_text(), re.M).group(1)  # the shipped recipe
+    s0, s1 = f"{ship}_s0", f"{ship}_s1"
     weights = tmp_path / "smoke" / "weights"
     from coala_embed import load_model
 
@@ -282,30 +284,30 @@ def test_run_sh_smoke(tmp_path):
     assert model.config.trained and len(model.config.tags) > 5
     assert "## Evaluation" in (weights / "README.md").read_text()
     results = json.loads((tmp_path / "smoke" / "eval" / "results_test.json").read_text())
-    assert {r["embedding"] for r in results["rows"]} >= {"mfcc", "ae_c", "e_c", "cnn", "random"}
+    assert {r["embedding"] for r in results["rows"]} >= {"mfcc", ship, "e_c", "cnn", "random"}
     # the shipped checkpoint is the one the selection stage chose on the validation splits, between the seeds too
     runs = tmp_path / "smoke" / "runs"
-    seeds = json.loads((runs / "ae_c_seeds.json").read_text())
-    assert sorted(seeds["runs"]) == ["ae_c_s0", "ae_c_s1"] and os.readlink(runs / "ae_c") == seeds["selected"]
+    seeds = json.loads((runs / f"{ship}_seeds.json").read_text())
+    assert sorted(seeds["runs"]) == [s0, s1] and os.readlink(runs / ship) == seeds["selected"]
     best = max(seeds["runs"].values(), key=lambda r: r["mean_val_accuracy"])
     assert seeds["runs"][seeds["selected"]] == best
-    selected = json.loads((runs / "ae_c" / "selected.json").read_text())
+    selected = json.loads((runs / ship / "selected.json").read_text())
     assert model.config.info["checkpoint"] == selected["checkpoint"] == best["checkpoint"]
     assert selected["checkpoint"] in selected["means"]
     # the link and the run it points to are one checkpoint: the same scores (scored once)
     by = {(r["embedding"], r["task"], r["recipe"]): r["mlp_runs"] for r in results["rows"]}
-    linked = [(t, rc) for e, t, rc in by if e == "ae_c"]
-    assert linked and all(by["ae_c", t, rc] == by[seeds["selected"], t, rc] for t, rc in linked)
+    linked = [(t, rc) for e, t, rc in by if e == ship]
+    assert linked and all(by[ship, t, rc] == by[seeds["selected"], t, rc] for t, rc in linked)
     # the test table reports the spread between the seeds: each task's mean and std over the two runs
-    groups = [g for g in results["groups"] if g["group"] == "ae_c"]
+    groups = [g for g in results["groups"] if g["group"] == ship]
     assert {g["task"] for g in groups} == {r["task"] for r in results["rows"]} - {"digits_loso"}
     for g in groups:
         accs = [r["mlp_mean"] for r in results["rows"] if r["task"] == g["task"] and r["recipe"] == g["recipe"]
-                and r["embedding"] in ("ae_c_s0", "ae_c_s1")]  # fmt: skip
+                and r["embedding"] in (s0, s1)]  # fmt: skip
         assert g["accuracies"] == accs and abs(g["mean"] - sum(accs) / 2) < 1e-12
     assert model.config.tag_sets and len(model.config.tag_sets) == len(model.config.tag_set_counts)
     # run.sh --set reaches every training run
-    for run in ("ae_c_s0", "ae_c_s1", "e_c", "cnn"):
+    for run in (s0, s1, "e_c", "cnn"):
         assert json.loads((runs / run / "config.json").read_text())["fast_dropout"] is False
 
 
