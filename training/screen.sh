@@ -22,9 +22,10 @@
 #         are trained to be invariant too, not only z
 #   lite10x  lite for 10x the shipped length: the learning rate drops at 1.8M and 2.3M samples instead of 400k/700k
 #         (bash training/screen.sh lite10x 0 400000, then 800000, ...: each continues the run and screens it)
+#   litemax10x  litemax (the shipped recipe) the same way, to 2.6M samples
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,24p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,25p' "$0"; exit 2; }
 RECIPE="$1"; SEED="$2"; SAMPLES="${3:-100000}"
 CONFIG="training/configs/experiments/$RECIPE.json"
 if [ ! -f "$CONFIG" ]; then

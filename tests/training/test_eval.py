@@ -84,6 +84,9 @@ def test_each_experiment_file_is_its_recipe_over_the_base_config():
         "view": ("ae_c", ["loss_weights.view=10"]),
         "lite": ("ae_c", ["loss_weights.view=10", "loss_weights.audio=0"]),
         "litemax": ("ae_c", ["loss_weights.view=10", "loss_weights.audio=0", "view.readout=z+max"]),
+        "litemax10x": ("ae_c", ["loss_weights.view=10", "loss_weights.audio=0", "view.readout=z+max",
+                                "lr_milestones=[[1800000, 0.1], [2300000, 0.01]]", "max_samples=2600000",
+                                "min_samples=2600000"]),
     }  # fmt: skip
     for name, (base, sets) in recipes.items():
         assert load_config(folder / f"{name}.json") == load_config(f"training/configs/{base}.json", sets), name
