@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,13 @@ def weights_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def model(weights_dir) -> CoalaModel:
     return load_model(weights_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def ship() -> str:
+    """The recipe ``training/run.sh`` trains and exports (its ``SHIP=``): ``training/configs/<ship>.json``."""
+    run_sh = Path(__file__).resolve().parents[1] / "training" / "run.sh"
+    return re.search(r"^SHIP=(\w+)", run_sh.read_text(), re.M).group(1)
 
 
 @pytest.fixture()

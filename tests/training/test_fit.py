@@ -264,7 +264,7 @@ def test_ddp_two_cpu_processes_agree(smoke_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_run_sh_smoke(tmp_path):
+def test_run_sh_smoke(tmp_path, ship):
     env = {**os.environ, "COALA_EMBED_DATA": str(tmp_path)}
     r = subprocess.run(
         ["bash", "training/run.sh", "--smoke", "--set", "fast_dropout=false"],
@@ -275,7 +275,6 @@ def test_run_sh_smoke(tmp_path):
         timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    ship = re.search(r"^SHIP=(\w+)", (ROOT / "training" / "run.sh").read_text(), re.M).group(1)  # the shipped recipe
     s0, s1 = f"{ship}_s0", f"{ship}_s1"
     weights = tmp_path / "smoke" / "weights"
     from coala_embed import load_model
